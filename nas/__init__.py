@@ -1,0 +1,1 @@
+"""The NAS engine: data, training, metrics, cost counting, study, tracking, reporting."""

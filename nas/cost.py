@@ -1,0 +1,220 @@
+"""Cost accounting: parameters, MACs by several named counters, CPU latency.
+
+Every figure carries the name of the counter that made it, because the
+counters disagree (``../shared/REFERENCE.md``, "Numbers a faithful rebuild
+must hit"):
+
+* ``conv_macs`` -- multiply-accumulates of the convolutions only, as the
+  SINet/ExtremeC3Net papers count their "FLOPs" (bias, activations, pooling,
+  upsampling and the SE linear layers not counted);
+* ``fvcore_total`` -- fvcore ``FlopCountAnalysis(...).total()`` (MACs; adds
+  batch norm and bilinear upsampling, gives PReLU, add and avg-pool zero);
+* ``ptflops_pytorch`` / ``ptflops_aten`` -- ptflops ``get_model_complexity_info``
+  MACs with its two backends.
+
+``params`` and ``conv_macs`` take one batch-1 forward pass (a few ms) and are
+what a search checks budgets with before any training; the third-party
+counters take longer (see :func:`measure_cost_time`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "COUNTERS",
+    "CostReport",
+    "count_params",
+    "count_conv_macs",
+    "count_fvcore",
+    "count_ptflops",
+    "measure_latency",
+    "cost_report",
+    "cheap_cost",
+]
+
+#: column -> the counter that makes it, for table headers and MLflow tags.
+COUNTERS = {
+    "params": "trainable parameters (torch numel)",
+    "conv_macs": "conv MACs, the papers' FLOPs (forward hooks on nn.Conv2d)",
+    "fvcore_total": "fvcore FlopCountAnalysis.total() (MACs)",
+    "ptflops_pytorch": "ptflops MACs, backend=pytorch",
+    "ptflops_aten": "ptflops MACs, backend=aten",
+    "latency_ms": "median CPU latency at batch 1 (ms)",
+}
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _dummy(model: nn.Module, input_size: tuple[int, int]) -> torch.Tensor:
+    p = next(model.parameters())
+    return torch.zeros(1, 3, *input_size, dtype=p.dtype, device=p.device)
+
+
+@torch.no_grad()
+def count_conv_macs(model: nn.Module, input_size: tuple[int, int]) -> int:
+    """Conv multiply-accumulates for one 1 x 3 x H x W image, as the papers count them.
+
+    For every ``nn.Conv2d``: output elements x (C_in / groups) x kH x kW.
+    Dilation does not change the count; bias would not be counted.
+    """
+    total = 0
+
+    def hook(mod: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    was_training = model.training
+    try:
+        model.eval()
+        model(_dummy(model, input_size))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return int(total)
+
+
+@torch.no_grad()
+def count_fvcore(model: nn.Module, input_size: tuple[int, int]) -> int:
+    """fvcore ``FlopCountAnalysis(model, x).total()`` at batch 1 (MACs), its warnings silenced."""
+    from fvcore.nn import FlopCountAnalysis
+
+    was_training = model.training
+    model.eval()
+    try:
+        fca = FlopCountAnalysis(model, _dummy(model, input_size))
+        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return int(fca.total())
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def count_ptflops(model: nn.Module, input_size: tuple[int, int], backend: str) -> int:
+    """ptflops MACs at batch 1 with ``backend`` in {"pytorch", "aten"}.
+
+    Raises:
+        ValueError: an unknown backend.
+    """
+    if backend not in ("pytorch", "aten"):
+        raise ValueError(f"ptflops backend={backend!r}; allowed: pytorch, aten")
+    from ptflops import get_model_complexity_info
+
+    was_training = model.training
+    model.eval()
+    logging.getLogger("ptflops").setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            macs, _ = get_model_complexity_info(
+                model, (3, *input_size), as_strings=False, print_per_layer_stat=False, backend=backend, verbose=False
+            )
+        return int(macs)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def measure_latency(
+    model: nn.Module, input_size: tuple[int, int], *, threads: int = 1, warmup: int = 5, repeats: int = 20
+) -> tuple[float, int]:
+    """Median wall-clock latency of one batch-1 forward pass, in ms.
+
+    Args:
+        threads: ``torch.set_num_threads`` during the measurement (restored
+            after); recorded with the figure because latency depends on it.
+        warmup: untimed passes first (allocator, oneDNN kernel selection).
+        repeats: timed passes; the median is returned.
+
+    Returns:
+        ``(latency_ms, threads)``.
+    """
+    old = torch.get_num_threads()
+    was_training = model.training
+    model.eval()
+    x = _dummy(model, input_size)
+    try:
+        torch.set_num_threads(threads)
+        for _ in range(warmup):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        torch.set_num_threads(old)
+        model.train(was_training)
+    return statistics.median(times), threads
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """All cost figures of one network at one input size (batch 1).
+
+    ``None`` marks a figure that was not requested. Units: parameters
+    (count), MACs (multiply-accumulates), ms.
+    """
+
+    params: int
+    conv_macs: int
+    fvcore_total: int | None = None
+    ptflops_pytorch: int | None = None
+    ptflops_aten: int | None = None
+    latency_ms: float | None = None
+    latency_threads: int | None = None
+    input_size: tuple[int, int] = (224, 224)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cheap_cost(model: nn.Module, input_size: tuple[int, int]) -> CostReport:
+    """Parameters and conv MACs only: what a search checks budgets with (a few ms)."""
+    return CostReport(params=count_params(model), conv_macs=count_conv_macs(model, input_size), input_size=tuple(input_size))
+
+
+def cost_report(
+    model: nn.Module,
+    input_size: tuple[int, int],
+    *,
+    fvcore: bool = True,
+    ptflops: bool = True,
+    latency: bool = True,
+    threads: int | None = None,
+) -> CostReport:
+    """Every counter on ``model`` at ``input_size``; see the module docstring.
+
+    Args:
+        threads: latency thread count (default: ``torch.get_num_threads()``,
+            capped at ``os.cpu_count()``).
+    """
+    base = cheap_cost(model, input_size)
+    extra: dict[str, Any] = {}
+    if fvcore:
+        extra["fvcore_total"] = count_fvcore(model, input_size)
+    if ptflops:
+        extra["ptflops_pytorch"] = count_ptflops(model, input_size, "pytorch")
+        extra["ptflops_aten"] = count_ptflops(model, input_size, "aten")
+    if latency:
+        n = threads or min(torch.get_num_threads(), os.cpu_count() or 1)
+        extra["latency_ms"], extra["latency_threads"] = measure_latency(model, input_size, threads=n)
+    return CostReport(params=base.params, conv_macs=base.conv_macs, input_size=tuple(input_size), **extra)
