@@ -1,0 +1,215 @@
+"""Training-time augmentation of the release's EG1800 recipe (see REFERENCE.md).
+
+Pipeline, in order, each stage switchable through :class:`AugmentConfig`:
+
+1. random affine (always applied when enabled): rotation U(-45, 45) degrees,
+   scale U(0.5, 1.5), shift up to 1/4 of the width/height; grey (128) padding for
+   the image, 0 (background) padding and nearest-neighbour sampling for the mask;
+2. horizontal flip, p = 0.5 (image and mask);
+3. colour, p = 0.5: saturation, brightness, contrast, sharpness factors (image only);
+4. blur, p = 0.5: Gaussian, median or box, kernel 3 or 5 (image only);
+5. Gaussian pixel noise, sigma U(0, 10) in 0..255 units, p = 0.5 (image only).
+
+The inputs are expected to be already resized to the training size (the cache of
+``nas.data`` stores them so), so the affine scale is relative to that
+"fit-to-size" scale, as in the release.
+
+All randomness comes from the ``numpy.random.Generator`` passed in, so a result is
+a pure function of (image, mask, generator state); the dataset derives that
+generator from (seed, epoch, index).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ["AugmentConfig", "Augment"]
+
+# PIL's ImageFilter.SMOOTH kernel: ImageEnhance.Sharpness blends towards this
+# blurred copy, so using it keeps our sharpness factor's meaning the same as PIL's.
+_SMOOTH_KERNEL = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13.0
+# ITU-R 601-2 luma, the weights PIL uses for mode "L" (saturation/contrast reference).
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+_BLUR_KINDS = ("gaussian", "median", "box")
+
+
+def _check_range(name: str, r: tuple[float, float], low: float = 0.0) -> None:
+    if len(r) != 2 or not (low <= r[0] <= r[1]):
+        raise ValueError(f"{name} must be a (lo, hi) pair with {low} <= lo <= hi, got {r!r}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Switches and parameters of the augmentation pipeline (release defaults).
+
+    Booleans ``affine, flip, color, blur, noise`` turn whole stages on/off.
+    Angles are in degrees, shifts are fractions of the image size, pixel values
+    and noise sigma are in 0..255 units, ``*_p`` are probabilities in [0, 1].
+
+    Raises:
+        ValueError: on an inverted/negative range, a probability outside [0, 1],
+            or a blur kernel size that is not a positive odd integer.
+    """
+
+    affine: bool = True
+    flip: bool = True
+    color: bool = True
+    blur: bool = True
+    noise: bool = True
+
+    rotation_deg: float = 45.0
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    shift_frac: float = 0.25
+    pad_value: int = 128
+    mask_pad_value: int = 0
+
+    flip_p: float = 0.5
+
+    color_p: float = 0.5
+    # The reference text gives no saturation range; 0.4-1.6 (same as brightness)
+    # is what PortraitNet's colour augmentation, which the release follows, uses.
+    saturation_range: tuple[float, float] = (0.4, 1.6)
+    brightness_range: tuple[float, float] = (0.4, 1.6)
+    contrast_range: tuple[float, float] = (0.6, 1.4)
+    sharpness_range: tuple[float, float] = (0.8, 1.2)
+
+    blur_p: float = 0.5
+    blur_kernels: tuple[int, ...] = (3, 5)
+
+    noise_p: float = 0.5
+    noise_sigma_max: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("flip_p", "color_p", "blur_p", "noise_p"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {p!r}")
+        _check_range("scale_range", self.scale_range, low=1e-6)
+        for name in ("saturation_range", "brightness_range", "contrast_range", "sharpness_range"):
+            _check_range(name, getattr(self, name))
+        if self.rotation_deg < 0 or self.shift_frac < 0 or self.noise_sigma_max < 0:
+            raise ValueError("rotation_deg, shift_frac and noise_sigma_max must be >= 0")
+        if not self.blur_kernels or any(k < 1 or k % 2 == 0 for k in self.blur_kernels):
+            raise ValueError(f"blur_kernels must be positive odd sizes, got {self.blur_kernels!r}")
+        if not (0 <= self.pad_value <= 255 and 0 <= self.mask_pad_value <= 1):
+            raise ValueError("pad_value must be in 0..255 and mask_pad_value in {0, 1}")
+
+    @classmethod
+    def disabled(cls) -> "AugmentConfig":
+        """A config with every stage off (the identity transform)."""
+        return cls(affine=False, flip=False, color=False, blur=False, noise=False)
+
+
+class Augment:
+    """Random joint transform of an (image, mask) pair.
+
+    Args:
+        config: stage switches and parameters; defaults to the release's recipe.
+
+    Call with ``image`` uint8 (H, W, 3) RGB, ``mask`` uint8 (H, W) with values in
+    {0, 1}, and a ``numpy.random.Generator``; returns new arrays
+    ``(image uint8 (H, W, 3), mask uint8 (H, W) in {0, 1})`` of the same shapes.
+    The inputs are never modified.
+    """
+
+    def __init__(self, config: AugmentConfig | None = None) -> None:
+        self.config = config if config is not None else AugmentConfig()
+
+    def __repr__(self) -> str:
+        return f"Augment({self.config!r})"
+
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Apply the enabled stages.
+
+        Raises:
+            ValueError: if ``image`` is not uint8 (H, W, 3) or ``mask`` is not
+                uint8 (H, W) matching the image.
+        """
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        if mask.dtype != np.uint8 or mask.shape != image.shape[:2]:
+            raise ValueError(
+                f"mask must be uint8 {image.shape[:2]}, got {mask.dtype} {mask.shape}"
+            )
+        c = self.config
+        # Copies so callers (e.g. a dataset holding the cached arrays) can never see
+        # their source mutated, even when every stage is off.
+        image = np.ascontiguousarray(image).copy()
+        mask = np.ascontiguousarray(mask).copy()
+        if c.affine:
+            image, mask = self._affine(image, mask, rng)
+        if c.flip and rng.random() < c.flip_p:
+            image, mask = cv2.flip(image, 1), cv2.flip(mask, 1)
+        if c.color and rng.random() < c.color_p:
+            image = self._color(image, rng)
+        if c.blur and rng.random() < c.blur_p:
+            image = self._blur(image, rng)
+        if c.noise and rng.random() < c.noise_p:
+            sigma = rng.uniform(0.0, c.noise_sigma_max)
+            noisy = image.astype(np.float32)
+            noisy += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(sigma)
+            image = _to_uint8(noisy)
+        return image, mask
+
+    def _affine(
+        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        c = self.config
+        h, w = mask.shape
+        angle = rng.uniform(-c.rotation_deg, c.rotation_deg)
+        scale = rng.uniform(*c.scale_range)
+        tx = rng.uniform(-c.shift_frac, c.shift_frac) * w
+        ty = rng.uniform(-c.shift_frac, c.shift_frac) * h
+        # Rotate/scale about the pixel-grid centre so the identity parameters map
+        # every pixel onto itself.
+        m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, scale)
+        m[0, 2] += tx
+        m[1, 2] += ty
+        image = cv2.warpAffine(
+            image, m, (w, h), flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT, borderValue=(c.pad_value,) * 3,
+        )
+        # Nearest keeps the mask binary; 0 padding marks the new border as background.
+        mask = cv2.warpAffine(
+            mask, m, (w, h), flags=cv2.INTER_NEAREST,
+            borderMode=cv2.BORDER_CONSTANT, borderValue=c.mask_pad_value,
+        )
+        return image, mask
+
+    def _color(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Numpy/cv2 equivalents of PIL ImageEnhance Color, Brightness, Contrast,
+        Sharpness applied in that order, clipping after each as PIL does."""
+        c = self.config
+        f_sat = rng.uniform(*c.saturation_range)
+        f_bri = rng.uniform(*c.brightness_range)
+        f_con = rng.uniform(*c.contrast_range)
+        f_sha = rng.uniform(*c.sharpness_range)
+        x = image.astype(np.float32)
+        gray = (x @ _LUMA)[..., None]
+        x = np.clip(gray + f_sat * (x - gray), 0.0, 255.0)
+        x = np.clip(x * f_bri, 0.0, 255.0)
+        mean = float((x @ _LUMA).mean())
+        x = np.clip(mean + f_con * (x - mean), 0.0, 255.0)
+        smooth = cv2.filter2D(x, -1, _SMOOTH_KERNEL, borderType=cv2.BORDER_REPLICATE)
+        x = smooth + f_sha * (x - smooth)
+        return _to_uint8(x)
+
+    def _blur(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        c = self.config
+        kind = _BLUR_KINDS[int(rng.integers(len(_BLUR_KINDS)))]
+        k = int(c.blur_kernels[int(rng.integers(len(c.blur_kernels)))])
+        if kind == "gaussian":
+            return cv2.GaussianBlur(image, (k, k), 0)
+        if kind == "median":
+            return cv2.medianBlur(image, k)
+        return cv2.blur(image, (k, k))
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    """Round and saturate float pixels (0..255 units) to uint8."""
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)

@@ -1,0 +1,44 @@
+"""Shared glue for the Hydra console scripts."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+from typing import Any, Callable
+
+import hydra
+from omegaconf import DictConfig
+
+# Keys whose value is a pair; ``input_size=224,224`` on the command line would
+# otherwise be read by Hydra as a sweep over two values.
+_PAIR_KEYS = re.compile(r"^(\+{0,2}(?:[\w.]+\.)?input_size)=(\d+)[,x](\d+)$")
+
+
+def _rewrite_pairs(argv: list[str]) -> list[str]:
+    return [_PAIR_KEYS.sub(r"\1=[\2,\3]", a) for a in argv]
+
+
+def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """Wrap ``fn(cfg)`` as a console script reading ``conf/<config_name>.yaml``.
+
+    ``input_size=H,W`` is accepted as well as ``input_size=[H,W]``.
+    """
+
+    def wrap(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        app = hydra.main(config_path="pkg://conf", config_name=config_name, version_base="1.3")(fn)
+
+        @functools.wraps(fn)
+        def main() -> Any:
+            sys.argv = [sys.argv[0], *_rewrite_pairs(sys.argv[1:])]
+            return app()
+
+        return main
+
+    return wrap
+
+
+def print_json_line(obj: dict[str, Any]) -> None:
+    """The machine-readable last line of every command: one JSON object."""
+    print(json.dumps(obj, sort_keys=False, default=str), flush=True)

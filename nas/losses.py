@@ -1,0 +1,275 @@
+"""Segmentation losses of the SINet / ExtremeC3Net training recipe.
+
+Sources
+-------
+* Class weights 1/ln(c + p_c): ENet (Paszke et al., 2016, "ENet: A Deep Neural Network
+  Architecture for Real-Time Semantic Segmentation", sec. 5.2, c = 1.02 there); the portrait
+  release (clovaai/ext_portrait_segmentation) uses c = 1.10 over the training-label histogram.
+* Boundary term: the release's "CE" option adds the same loss computed only inside the band
+  dilate(y) - erode(y) (15x15 window at full resolution, 5x5 at the stage-1 label resolution),
+  weighted 0.5 (see /work/shared/REFERENCE.md, "Training recipe").
+* Lovasz hinge: Berman, Triki & Blaschko, CVPR 2018, "The Lovasz-Softmax loss: A tractable
+  surrogate for the optimization of the intersection-over-union measure in neural networks";
+  per-image variant averaged over the images of the batch, as the release uses it.
+  Reimplemented here from the paper's algorithm.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "class_weights_from_masks",
+    "boundary_band",
+    "lovasz_hinge",
+    "SegmentationLoss",
+    "downsample_labels",
+]
+
+_KINDS = ("ce", "lovasz")
+
+
+def class_weights_from_masks(masks, num_classes: int = 2, c: float = 1.10,
+                             ignore_index: int = 255) -> torch.Tensor:
+    """ENet-style class weights ``w_c = 1 / ln(c + p_c)``.
+
+    Args:
+        masks: label array/tensor of any shape (e.g. (N, H, W)) with integer class ids in
+            ``[0, num_classes)``; pixels equal to ``ignore_index`` are not counted.
+        num_classes: number of classes C.
+        c: the ENet constant (1.02 in ENet, 1.10 in the portrait release).
+        ignore_index: label value excluded from the histogram.
+
+    Returns:
+        float32 tensor (C,); ``p_c`` is the fraction of counted pixels of class c.
+
+    Raises:
+        ValueError: if a label is outside ``[0, num_classes)`` and not ``ignore_index``, if no
+            pixel is counted, or if ``c + p_c <= 1`` for some class (weight undefined/negative).
+    """
+    if isinstance(masks, torch.Tensor):
+        arr = masks.detach().cpu().numpy()
+    else:
+        arr = np.asarray(masks)
+    flat = arr.reshape(-1).astype(np.int64)
+    flat = flat[flat != ignore_index]
+    if flat.size == 0:
+        raise ValueError("class_weights_from_masks: no labelled pixels (all ignored or empty)")
+    if flat.min() < 0 or flat.max() >= num_classes:
+        raise ValueError(f"class_weights_from_masks: labels must lie in [0, {num_classes}) or "
+                         f"equal ignore_index={ignore_index}; got range "
+                         f"[{flat.min()}, {flat.max()}]")
+    hist = np.bincount(flat, minlength=num_classes).astype(np.float64)
+    p = hist / hist.sum()
+    if np.any(c + p <= 1.0):
+        raise ValueError(f"class_weights_from_masks: c={c} gives c + p_c <= 1; use c > 1")
+    w = 1.0 / np.log(c + p)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def _check_window(window) -> int:
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) \
+            or window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be an odd positive int, got window={window!r}")
+    return int(window)
+
+
+def boundary_band(target: torch.Tensor, window: int, ignore_index: int = 255) -> torch.Tensor:
+    """Boundary band ``dilate(y) - erode(y)`` with a ``window x window`` square element.
+
+    ``y`` is the foreground mask ``(target > 0) & (target != ignore_index)``: ignored pixels
+    count as background. Dilation is ``max_pool2d`` (stride 1, padding ``window // 2``);
+    erosion is ``-max_pool2d(-y)``. Padding of max_pool2d is -inf, so the image border does
+    not erode a mask (an all-foreground mask gives an empty band, as does an empty one).
+
+    Args:
+        target: LongTensor (N, H, W) of labels.
+        window: odd positive side of the square structuring element, in pixels.
+
+    Returns:
+        BoolTensor (N, H, W), True inside the band.
+
+    Raises:
+        ValueError: if ``window`` is not an odd positive int or ``target`` is not 3-D.
+    """
+    window = _check_window(window)
+    if target.dim() != 3:
+        raise ValueError(f"boundary_band: target must be (N, H, W), got shape "
+                         f"{tuple(target.shape)}")
+    y = ((target > 0) & (target != ignore_index)).float().unsqueeze(1)
+    pad = window // 2
+    dil = F.max_pool2d(y, window, stride=1, padding=pad)
+    ero = -F.max_pool2d(-y, window, stride=1, padding=pad)
+    return (dil - ero).squeeze(1) > 0.5
+
+
+def _lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
+    """Gradient of the Lovasz extension of the Jaccard loss w.r.t. sorted errors."""
+    gts = gt_sorted.sum()
+    intersection = gts - gt_sorted.cumsum(0)
+    union = gts + (1.0 - gt_sorted).cumsum(0)
+    jaccard = 1.0 - intersection / union
+    if gt_sorted.numel() > 1:
+        jaccard[1:] = jaccard[1:] - jaccard[:-1].clone()
+    return jaccard
+
+
+def _lovasz_hinge_flat(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Lovasz hinge of one image. logits, labels: 1-D (P,), labels in {0, 1}."""
+    if labels.numel() == 0:
+        return logits.sum() * 0.0  # no valid pixel: 0, keeps the graph
+    labels = labels.to(logits.dtype)
+    signs = 2.0 * labels - 1.0
+    errors = 1.0 - logits * signs
+    errors_sorted, perm = torch.sort(errors, descending=True)
+    grad = _lovasz_grad(labels[perm])
+    return torch.dot(F.relu(errors_sorted), grad)
+
+
+def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor,
+                 ignore_index: int = 255) -> torch.Tensor:
+    """Binary Lovasz hinge (Berman et al. 2018), per image, averaged over the batch.
+
+    Per image: errors ``1 - s * signs`` (signs = +1 foreground, -1 background) over the valid
+    pixels, sorted in decreasing order, dotted (after ReLU) with the gradient of the Lovasz
+    extension of the Jaccard loss. An image with no valid pixel contributes 0 and still counts
+    in the mean (as in the reference implementation).
+
+    Args:
+        logits: (N, H, W) single-channel scores (foreground if > 0).
+        target: (N, H, W) long, values in {0, 1} or ``ignore_index``.
+
+    Returns:
+        scalar tensor.
+    """
+    losses = []
+    for s, t in zip(logits, target):
+        valid = t != ignore_index
+        losses.append(_lovasz_hinge_flat(s[valid], t[valid]))
+    return torch.stack(losses).mean()
+
+
+def _weighted_ce(logits, target, weight, ignore_index) -> torch.Tensor:
+    """Weighted-mean cross-entropy (same value as F.cross_entropy(..., reduction='mean')),
+    but 0 (with a graph) instead of NaN when every pixel is ignored."""
+    per_pixel = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index,
+                                reduction="none")
+    valid = target != ignore_index
+    if weight is None:
+        denom = valid.sum().to(logits.dtype)
+    else:
+        safe = torch.where(valid, target, torch.zeros_like(target))
+        denom = (weight[safe] * valid.to(logits.dtype)).sum()
+    if float(denom) <= 0.0:
+        return logits.sum() * 0.0
+    return per_pixel.sum() / denom
+
+
+class SegmentationLoss(torch.nn.Module):
+    """Loss of the release: main loss + ``boundary_weight`` x the same loss inside the band.
+
+    Args:
+        kind: ``"ce"`` (weighted cross-entropy, needs C >= 2 logit channels) or ``"lovasz"``
+            (binary Lovasz hinge on a single logit channel, C == 1).
+        class_weights: optional (C,) weights for ``"ce"`` (see class_weights_from_masks);
+            must be None for ``"lovasz"`` (the Lovasz hinge has no class weights).
+        boundary: add the boundary term.
+        boundary_window: odd side of the band's square element, in label pixels (15 at full
+            resolution, 5 for stage-1 labels at 1/8 or 1/4 resolution).
+        boundary_weight: weight of the boundary term (0.5 in the release).
+        ignore_index: label ignored by both terms.
+
+    The boundary term is the same loss on a copy of the target whose pixels outside
+    ``boundary_band(target, boundary_window)`` are set to ``ignore_index``. For ``"ce"`` it is
+    0 (not NaN) when the band is empty in the whole batch. For ``"lovasz"`` it is the per-image
+    Lovasz hinge over band pixels only, averaged over all images (band-less images give 0).
+
+    forward(logits (N, C, H, W), target (N, H, W) long) -> scalar tensor.
+
+    Raises:
+        ValueError: unknown ``kind``; ``kind``/channel-count mismatch; target shape not equal
+            to (N, H, W) of the logits; bad ``boundary_window``; class weights of wrong length
+            or given with ``"lovasz"``; Lovasz labels outside {0, 1, ignore_index}.
+    """
+
+    def __init__(self, kind: str = "ce", class_weights: torch.Tensor | None = None,
+                 boundary: bool = True, boundary_window: int = 15,
+                 boundary_weight: float = 0.5, ignore_index: int = 255):
+        super().__init__()
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be one of {_KINDS}, got kind={kind!r}")
+        if kind == "lovasz" and class_weights is not None:
+            raise ValueError("kind='lovasz' takes no class_weights (pass None)")
+        self.kind = kind
+        self.boundary = bool(boundary)
+        self.boundary_window = _check_window(boundary_window)
+        self.boundary_weight = float(boundary_weight)
+        self.ignore_index = int(ignore_index)
+        if class_weights is not None:
+            class_weights = torch.as_tensor(class_weights, dtype=torch.float32).flatten()
+        self.register_buffer("class_weights", class_weights)
+
+    def extra_repr(self) -> str:
+        return (f"kind={self.kind!r}, boundary={self.boundary}, "
+                f"boundary_window={self.boundary_window}, "
+                f"boundary_weight={self.boundary_weight}, ignore_index={self.ignore_index}")
+
+    def _check(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        if logits.dim() != 4:
+            raise ValueError(f"logits must be (N, C, H, W), got shape {tuple(logits.shape)}")
+        n, ch, h, w = logits.shape
+        if tuple(target.shape) != (n, h, w):
+            raise ValueError(f"target shape {tuple(target.shape)} does not match logits shape "
+                             f"{tuple(logits.shape)} (expected ({n}, {h}, {w}); resize labels "
+                             f"with downsample_labels)")
+        if self.kind == "ce" and ch < 2:
+            raise ValueError(f"kind='ce' needs >= 2 logit channels, got C={ch}")
+        if self.kind == "lovasz" and ch != 1:
+            raise ValueError(f"kind='lovasz' needs exactly 1 logit channel, got C={ch}")
+        if self.class_weights is not None and self.class_weights.numel() != ch:
+            raise ValueError(f"class_weights has {self.class_weights.numel()} entries but "
+                             f"logits have C={ch} channels")
+
+    def _term(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.kind == "ce":
+            w = None if self.class_weights is None else self.class_weights.to(logits)
+            return _weighted_ce(logits, target, w, self.ignore_index)
+        return lovasz_hinge(logits[:, 0], target, self.ignore_index)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self._check(logits, target)
+        target = target.long()
+        if self.kind == "lovasz":
+            bad = (target != self.ignore_index) & ((target < 0) | (target > 1))
+            if bool(bad.any()):
+                raise ValueError("kind='lovasz' needs labels in {0, 1} or ignore_index")
+        loss = self._term(logits, target)
+        if self.boundary:
+            band = boundary_band(target, self.boundary_window, self.ignore_index)
+            t_band = torch.where(band, target, torch.full_like(target, self.ignore_index))
+            loss = loss + self.boundary_weight * self._term(logits, t_band)
+        return loss
+
+
+def downsample_labels(target: torch.Tensor, size) -> torch.Tensor:
+    """Nearest-neighbour resize of labels (stage-1 training against low-res encoder logits).
+
+    Args:
+        target: LongTensor (N, H, W).
+        size: (h, w) output size in pixels.
+
+    Returns:
+        LongTensor (N, h, w); ``ignore_index`` values survive unchanged.
+
+    Raises:
+        ValueError: if ``target`` is not 3-D or ``size`` is not two positive ints.
+    """
+    if target.dim() != 3:
+        raise ValueError(f"downsample_labels: target must be (N, H, W), got shape "
+                         f"{tuple(target.shape)}")
+    size = tuple(int(s) for s in size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"downsample_labels: size must be (h, w) positive, got {size}")
+    out = F.interpolate(target.unsqueeze(1).float(), size=size, mode="nearest")
+    return out.squeeze(1).to(target.dtype)
