@@ -1,0 +1,115 @@
+"""``nas-train``, ``nas-eval`` and ``nas-predict``."""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from nas.cli._hydra import hydra_app, print_json_line
+
+
+def run_training(cfg: DictConfig) -> dict:
+    """Train ``cfg.model`` with ``cfg.train`` on ``cfg.data``, tracked in MLflow; return the summary."""
+    from nas.checkpoint import save_checkpoint
+    from nas.cost import cheap_cost
+    from nas.tracking import FAILED, Tracker
+    from nas.train import NonFiniteLossError, load_data, train_config_from, train_genotype
+    from search_spaces import create_model, get_genotype
+
+    tcfg = train_config_from(cfg.train)
+    g = get_genotype(str(cfg.model), num_classes=tcfg.num_classes, input_size=tcfg.input_size)
+    cost = cheap_cost(create_model(g), tcfg.input_size)  # warns here, once, about a zero gate
+    out_dir = Path(cfg.output_dir)
+    ckpt = out_dir / f"{Path(str(cfg.model)).stem}-{g.archid()}-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(f"output_dir={out_dir} is not writable: {exc.strerror or exc}") from None
+    data = load_data(cfg.data.root, tcfg, cache_dir=cfg.data.cache_dir, val_fraction=cfg.data.val_fraction,
+                     progress=tcfg.progress)
+    tracker = run_id = None
+    if cfg.tracking.enabled:
+        tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+        run_id = tracker.start_run(f"{cfg.model}-{g.archid()}", tags={"model": cfg.model, "archid": g.archid()})
+        tracker.log_params(run_id, {f"train.{k}": v for k, v in tcfg.as_dict().items()})
+        tracker.log_params(run_id, {f"genotype.{k}": v for k, v in g.flat_params().items()})
+        tracker.log_metrics(run_id, {"params": cost.params, "conv_macs": cost.conv_macs})
+        tracker.log_text(run_id, g.to_yaml(), "genotype.yaml")
+
+    def on_epoch(rec) -> None:
+        if tracker:
+            tracker.log_metrics(run_id, {"train/loss": rec.train_loss, "train/iou": rec.train_iou,
+                                         "holdout/miou": rec.holdout_miou, "train/images_per_s": rec.images_per_s,
+                                         "lr": rec.lr, "stage": rec.stage}, step=rec.global_epoch)
+
+    try:
+        res = train_genotype(g, tcfg, data, on_epoch=on_epoch)
+    except NonFiniteLossError:
+        if tracker:
+            tracker.end_run(run_id, FAILED)
+        raise
+    except BaseException:
+        if tracker:
+            tracker.end_run(run_id, FAILED)
+        raise
+    summary = res.summary()
+    save_checkpoint(ckpt, g, res.best_state, train=tcfg.as_dict(), metrics=summary)
+    if tracker:
+        tracker.log_metrics(run_id, {"val/miou": res.miou, "val/miou_2class": res.miou_2class,
+                                     "train/images_per_s_mean": res.images_per_s}, step=tcfg.epochs)
+        tracker.log_artifact(run_id, ckpt)
+        tracker.end_run(run_id)
+    summary.update(params=cost.params, conv_macs=cost.conv_macs, checkpoint=str(ckpt), mlflow_run_id=run_id)
+    return summary
+
+
+@hydra_app("train")
+def main(cfg: DictConfig) -> None:
+    from nas.train import NonFiniteLossError
+
+    try:
+        summary = run_training(cfg)
+    except NonFiniteLossError as exc:
+        print(f"nas-train: training stopped: {exc}", file=sys.stderr)
+        print_json_line({"error": "non_finite_loss", "message": str(exc)})
+        sys.exit(3)
+    print_json_line(summary)
+
+
+@hydra_app("eval")
+def eval_main(cfg: DictConfig) -> None:
+    from nas.checkpoint import load_checkpoint
+    from nas.data import load_split_arrays
+    from nas.train import evaluate
+
+    model, meta = load_checkpoint(cfg.checkpoint)
+    size = tuple(cfg.input_size or meta["genotype"].input_size)
+    arrays = load_split_arrays(cfg.data.root, cfg.split, size, cache_dir=cfg.data.cache_dir,
+                               fraction=cfg.data.val_fraction)
+    m = evaluate(model, arrays, cfg.batch_size)
+    print(f"{cfg.checkpoint}: {cfg.split} {len(arrays)} images at {size[0]}x{size[1]}: "
+          f"mIoU (foreground IoU per image) {m['miou']:.2f}, 2-class confusion mIoU {m['miou_2class']:.2f}")
+    print_json_line({"miou": m["miou"], "miou_2class": m["miou_2class"], "images": len(arrays),
+                     "skipped_ids": len(arrays.skipped_ids), "input_size": list(size)})
+
+
+@hydra_app("predict")
+def predict_main(cfg: DictConfig) -> None:
+    from nas.predict import predict_files
+
+    inputs = cfg.inputs if OmegaConf.is_list(cfg.inputs) else [cfg.inputs]
+    written = predict_files(cfg.checkpoint, [str(p) for p in inputs], cfg.out_dir, cfg.input_size)
+    for src, mask, overlay in written:
+        print(f"{src} -> {mask}, {overlay}")
+    print_json_line({"images": len(written), "out_dir": str(cfg.out_dir)})
+
+
+if __name__ == "__main__":
+    main()

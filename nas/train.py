@@ -1,0 +1,446 @@
+"""Training and evaluation with the release's recipe, at a chosen fidelity.
+
+The recipe (``../shared/REFERENCE.md``, "Training recipe of the release"):
+Adam (0.9, 0.999), weight decay 2e-4 on conv weights, 0 on depthwise conv
+weights, 2e-6 on everything else; MultiStepLR at 1/2 and 5/6 of each stage's
+epochs (150 and 250 of 300), gamma 0.5; optionally two stages: the encoder
+alone against nearest-downsampled labels, then the whole network from those
+weights with a fresh optimiser.
+
+Fidelity knobs a search turns down: ``epochs`` (and ``stage1_epochs``),
+``input_size`` and ``train_fraction``.
+
+Checkpoint selection is on a held-out slice of the *training* list
+(``holdout_fraction``), never on the validation list that is reported.
+
+Data flow: genotype -> :func:`train_genotype` (this module) -> metrics; the
+study and the command-line tools add tracking around it through the
+``on_epoch`` callback; nothing here knows about Optuna or MLflow.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from nas.augment import Augment, AugmentConfig
+from nas.data import SegmentationDataset, SplitArrays, load_split_arrays, make_loader, split_holdout
+from nas.losses import SegmentationLoss, class_weights_from_masks, downsample_labels
+from nas.metrics import SegmentationMetrics, foreground_iou_per_image, predictions_from_logits
+from search_spaces import GateWarning, Genotype, create_model
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "EpochRecord",
+    "NonFiniteLossError",
+    "DataBundle",
+    "load_data",
+    "param_groups",
+    "train_genotype",
+    "evaluate",
+]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops with this error.
+
+    A search records the trial as failed and goes on; ``nas-train`` exits with
+    status 3.
+    """
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training setting (the Hydra ``train`` node maps onto it).
+
+    Attributes:
+        epochs: total epochs (both stages together) -- the main fidelity knob.
+        schedule: ``two_stage`` (the release's) or ``single_stage``.
+        stage1_epochs: encoder epochs of ``two_stage``; ``None`` = half.
+        input_size: (H, W) pixels for training and evaluation.
+        train_fraction: fraction of the training list used (seeded subset).
+        holdout_fraction: fraction of the training ids held out for
+            checkpoint selection (0 = keep the last epoch).
+        batch_size / stage1_batch_size: images per step in stage 2 / stage 1.
+        lr: Adam learning rate (release: 5e-4 SINet, 1e-3 ExtremeC3Net).
+        loss: ``ce`` (2-class weighted cross-entropy) or ``lovasz`` (1-class).
+        boundary / boundary_window / boundary_window_stage1 / boundary_weight:
+            the boundary term (release: on, 15 px, 5 px, 0.5).
+        augment: the augmentation parts that are on.
+        seed: one seed for weights, data order and augmentation.
+        threads: torch intra-op threads (results are bit-identical only at a
+            fixed thread count).
+    """
+
+    epochs: int = 600
+    schedule: str = "two_stage"
+    stage1_epochs: int | None = None
+    input_size: tuple[int, int] = (224, 224)
+    train_fraction: float = 1.0
+    holdout_fraction: float = 0.1
+    drop_split_duplicates: bool = True
+    batch_size: int = 24
+    stage1_batch_size: int = 36
+    eval_batch_size: int = 64
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay_conv: float = 2e-4
+    weight_decay_depthwise: float = 0.0
+    weight_decay_other: float = 2e-6
+    milestones: tuple[float, ...] = (0.5, 5 / 6)
+    gamma: float = 0.5
+    loss: str = "ce"
+    class_weight_c: float = 1.10
+    boundary: bool = True
+    boundary_window: int = 15
+    boundary_window_stage1: int = 5
+    boundary_weight: float = 0.5
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    seed: int = 0
+    threads: int | None = None
+    num_workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        if self.schedule not in ("two_stage", "single_stage"):
+            raise ValueError(f"train.schedule={self.schedule!r}; allowed: two_stage, single_stage")
+        if self.loss not in ("ce", "lovasz"):
+            raise ValueError(f"train.loss={self.loss!r}; allowed: ce, lovasz")
+        if self.epochs < 1:
+            raise ValueError(f"train.epochs={self.epochs}; allowed: an integer >= 1")
+        if self.schedule == "two_stage":
+            s1 = self.stage1_epochs_resolved
+            if not 1 <= s1 < self.epochs:
+                raise ValueError(
+                    f"train.stage1_epochs={self.stage1_epochs} with epochs={self.epochs}: two_stage needs "
+                    "1 <= stage1_epochs < epochs (and epochs >= 2)"
+                )
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ValueError(f"train.holdout_fraction={self.holdout_fraction}; allowed: [0, 1)")
+
+    @property
+    def stage1_epochs_resolved(self) -> int:
+        if self.schedule == "single_stage":
+            return 0
+        return self.stage1_epochs if self.stage1_epochs is not None else self.epochs // 2
+
+    @property
+    def num_classes(self) -> int:
+        """1 for the Lovasz hinge, 2 for cross-entropy."""
+        return 1 if self.loss == "lovasz" else 2
+
+    def fidelity(self) -> dict[str, Any]:
+        """The knobs that make results comparable (logged and tabulated with every result)."""
+        return {
+            "epochs": self.epochs,
+            "schedule": self.schedule,
+            "stage1_epochs": self.stage1_epochs_resolved,
+            "input_size": list(self.input_size),
+            "train_fraction": self.train_fraction,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
+
+
+@dataclass
+class EpochRecord:
+    """Metrics of one epoch: ``stage`` (1 or 2), losses, holdout mIoU (x100), images/s."""
+
+    stage: int
+    epoch: int
+    global_epoch: int
+    train_loss: float
+    train_iou: float
+    holdout_miou: float | None
+    images_per_s: float
+    lr: float
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    ``miou`` is foreground IoU per image averaged over the validation images
+    (x100, the papers' "mIoU"); ``miou_2class`` the confusion-matrix mean over
+    both classes (x100). ``best_state`` is the selected checkpoint.
+    """
+
+    miou: float
+    miou_2class: float
+    holdout_miou: float | None
+    best_epoch: int
+    epochs: int
+    train_images: int
+    holdout_images: int
+    val_images: int
+    skipped_ids: int
+    dropped_duplicates: int
+    images_per_s: float
+    train_seconds: float
+    history: list[EpochRecord]
+    best_state: dict[str, torch.Tensor] = field(repr=False)
+    genotype: Genotype | None = field(default=None, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON line of ``nas-train``."""
+        return {
+            "miou": round(self.miou, 4),
+            "miou_2class": round(self.miou_2class, 4),
+            "epochs": self.epochs,
+            "train_images": self.train_images,
+            "val_images": self.val_images,
+            "skipped_ids": self.skipped_ids,
+            "images_per_s": round(self.images_per_s, 2),
+            "holdout_miou": None if self.holdout_miou is None else round(self.holdout_miou, 4),
+            "best_epoch": self.best_epoch,
+            "holdout_images": self.holdout_images,
+            "dropped_duplicates": self.dropped_duplicates,
+        }
+
+
+@dataclass
+class DataBundle:
+    """Arrays for one fidelity: training, holdout (may be empty) and validation."""
+
+    train: SplitArrays
+    holdout: SplitArrays | None
+    val: SplitArrays
+    skipped_ids: int
+
+
+def load_data(
+    root: str | None, cfg: TrainConfig, cache_dir: str | None = None, val_fraction: float = 1.0, progress: bool = True
+) -> DataBundle:
+    """Load (through the cache) the training list, its holdout slice and the validation list.
+
+    Args:
+        root: EG1800 root (``None``: the ``EG1800_ROOT`` environment variable).
+        val_fraction: fraction of the validation list (tests use less; reports use 1).
+
+    Raises:
+        FileNotFoundError, ValueError: from :mod:`nas.data`, naming the file.
+    """
+    train = load_split_arrays(
+        root, "train", cfg.input_size, cache_dir=cache_dir, fraction=cfg.train_fraction,
+        drop_split_duplicates=cfg.drop_split_duplicates, seed=cfg.seed, progress=progress,
+    )
+    val = load_split_arrays(root, "val", cfg.input_size, cache_dir=cache_dir, fraction=val_fraction, seed=cfg.seed,
+                            progress=progress)
+    holdout = None
+    if cfg.holdout_fraction > 0:
+        tr_ids, ho_ids = split_holdout(train.ids, cfg.holdout_fraction, seed=cfg.seed)
+        train, holdout = train.select(tr_ids), train.select(ho_ids)
+    return DataBundle(train, holdout, val, skipped_ids=len(train.skipped_ids) + len(val.skipped_ids))
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The release's weight-decay groups: conv weights, depthwise conv weights, everything else."""
+    conv, depthwise, other = [], [], []
+    seen: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            (depthwise if m.groups == m.in_channels and m.groups > 1 else conv).append(m.weight)
+            seen.add(id(m.weight))
+    other = [p for p in model.parameters() if id(p) not in seen]
+    groups = [
+        {"params": conv, "weight_decay": cfg.weight_decay_conv, "name": "conv"},
+        {"params": depthwise, "weight_decay": cfg.weight_decay_depthwise, "name": "depthwise"},
+        {"params": other, "weight_decay": cfg.weight_decay_other, "name": "other"},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def _targets_for(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    if logits.shape[-2:] == masks.shape[-2:]:
+        return masks
+    return downsample_labels(masks, tuple(logits.shape[-2:]))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, arrays: SplitArrays, batch_size: int = 64) -> dict[str, float]:
+    """Score ``model`` on ``arrays`` without augmentation.
+
+    Logits at a lower resolution (stage-1 networks) are compared with
+    nearest-downsampled labels. Returns the keys of
+    :meth:`nas.metrics.SegmentationMetrics.compute` (``miou`` x100 etc.).
+    """
+    was_training = model.training
+    model.eval()
+    metrics = SegmentationMetrics()
+    loader = make_loader(SegmentationDataset.from_arrays(arrays), batch_size, shuffle=False)
+    for x, y in loader:
+        logits = model(x)
+        metrics.update(logits, _targets_for(logits, y))
+    model.train(was_training)
+    return metrics.compute()
+
+
+def _run_stage(
+    model: nn.Module,
+    stage: int,
+    epochs: int,
+    epoch_offset: int,
+    data: DataBundle,
+    cfg: TrainConfig,
+    class_weights: torch.Tensor | None,
+    on_epoch: Callable[[EpochRecord], None] | None,
+    history: list[EpochRecord],
+) -> tuple[float | None, int, dict[str, torch.Tensor], float, int]:
+    window = cfg.boundary_window_stage1 if stage == 1 else cfg.boundary_window
+    criterion = SegmentationLoss(
+        kind=cfg.loss, class_weights=class_weights, boundary=cfg.boundary, boundary_window=window,
+        boundary_weight=cfg.boundary_weight,
+    )
+    opt = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas))
+    milestones = sorted({max(1, round(f * epochs)) for f in cfg.milestones if round(f * epochs) < epochs})
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=cfg.gamma)
+    augment = Augment(cfg.augment)
+    ds = SegmentationDataset.from_arrays(data.train, augment=augment, seed=cfg.seed * 1000 + stage)
+    bs = cfg.stage1_batch_size if stage == 1 else cfg.batch_size
+    bs = min(bs, len(ds))
+    loader = make_loader(ds, bs, shuffle=True, seed=cfg.seed * 1000 + stage, num_workers=cfg.num_workers)
+    best, best_epoch, best_state = -math.inf, epoch_offset + epochs, None
+    n_images, busy = 0, 0.0
+    for e in range(epochs):
+        ds.set_epoch(e)
+        model.train()
+        tot_loss, tot_iou, n_seen = 0.0, 0.0, 0
+        t0 = time.perf_counter()
+        bar = tqdm(loader, desc=f"stage {stage} epoch {e + 1}/{epochs}", leave=False, disable=not cfg.progress,
+                   dynamic_ncols=True)
+        for x, y in bar:
+            logits = model(x)
+            target = _targets_for(logits, y)
+            loss = criterion(logits, target)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({loss.item()}) at stage {stage}, epoch {e + 1}, after {n_seen} images"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                iou = foreground_iou_per_image(predictions_from_logits(logits), target).mean().item() * 100
+            b = x.shape[0]
+            n_seen += b
+            tot_loss += loss.item() * b
+            tot_iou += iou * b
+            rate = n_seen / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{tot_loss / n_seen:.4f}", iou=f"{tot_iou / n_seen:.1f}", img_s=f"{rate:.1f}")
+        dt = time.perf_counter() - t0
+        busy += dt
+        n_images += n_seen
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        holdout = evaluate(model, data.holdout, cfg.eval_batch_size)["miou"] if data.holdout is not None else None
+        rec = EpochRecord(stage, e + 1, epoch_offset + e + 1, tot_loss / max(n_seen, 1), tot_iou / max(n_seen, 1),
+                          holdout, n_seen / dt if dt > 0 else 0.0, lr)
+        history.append(rec)
+        if on_epoch is not None:
+            on_epoch(rec)  # may raise (optuna.TrialPruned): nothing here catches it
+        score = holdout if holdout is not None else float(e)  # no holdout: the last epoch wins
+        if stage == 2 or cfg.schedule == "single_stage":
+            if score > best:
+                best, best_epoch, best_state = score, epoch_offset + e + 1, copy.deepcopy(model.state_dict())
+    if best_state is None:
+        best_state = copy.deepcopy(model.state_dict())
+    return (best if data.holdout is not None and best > -math.inf else None), best_epoch, best_state, busy, n_images
+
+
+def train_genotype(
+    genotype: Genotype | str,
+    cfg: TrainConfig,
+    data: DataBundle,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> TrainResult:
+    """Train one architecture with ``cfg`` and score it on the validation list.
+
+    Args:
+        genotype: a genotype or registered name; its ``num_classes`` and
+            ``input_size`` are set from ``cfg`` (loss and fidelity decide them).
+        data: from :func:`load_data` at ``cfg.input_size``.
+        on_epoch: called after every epoch with its :class:`EpochRecord`
+            (for tracking and pruning); exceptions it raises propagate.
+
+    Returns:
+        A :class:`TrainResult`; the validation metrics are those of the
+        checkpoint selected on the holdout slice.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf.
+        ValueError: ``data`` was loaded at another input size, or an invalid genotype.
+    """
+    if tuple(data.train.size) != tuple(cfg.input_size):
+        raise ValueError(f"data loaded at {data.train.size}, but train.input_size={cfg.input_size}")
+    old_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        torch.manual_seed(cfg.seed)
+        from search_spaces import get_genotype
+
+        g = get_genotype(genotype, num_classes=cfg.num_classes, input_size=cfg.input_size, encoder_only=False)
+        class_weights = None
+        if cfg.loss == "ce":
+            class_weights = class_weights_from_masks(data.train.masks, num_classes=2, c=cfg.class_weight_c)
+        history: list[EpochRecord] = []
+        busy, n_images = 0.0, 0
+        s1 = cfg.stage1_epochs_resolved
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", GateWarning)  # warned once by the caller's create_model
+            model = create_model(g)
+            if s1:
+                encoder = create_model(g.replace(encoder_only=True))
+                _, _, _, b, n = _run_stage(encoder, 1, s1, 0, data, cfg, class_weights, on_epoch, history)
+                busy, n_images = busy + b, n_images + n
+                model.load_state_dict(encoder.state_dict(), strict=False)
+        holdout, best_epoch, best_state, b, n = _run_stage(
+            model, 2, cfg.epochs - s1, s1, data, cfg, class_weights, on_epoch, history
+        )
+        busy, n_images = busy + b, n_images + n
+        model.load_state_dict(best_state)
+        val = evaluate(model, data.val, cfg.eval_batch_size)
+    finally:
+        torch.set_num_threads(old_threads)
+    return TrainResult(
+        miou=val["miou"], miou_2class=val["miou_2class"], holdout_miou=holdout, best_epoch=best_epoch,
+        epochs=cfg.epochs, train_images=len(data.train), holdout_images=len(data.holdout) if data.holdout else 0,
+        val_images=len(data.val), skipped_ids=data.skipped_ids,
+        dropped_duplicates=len(data.train.dropped_duplicate_ids), images_per_s=n_images / busy if busy else 0.0,
+        train_seconds=busy, history=history, best_state=best_state, genotype=g,
+    )
+
+
+def train_config_from(node: Any) -> TrainConfig:
+    """A :class:`TrainConfig` from a Hydra/OmegaConf node or dict; unknown keys raise ``ValueError``."""
+    from omegaconf import DictConfig, OmegaConf
+
+    d = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    names = {f for f in TrainConfig.__dataclass_fields__}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown train key(s) {unknown}; allowed: {sorted(names)}")
+    if isinstance(d.get("augment"), dict):
+        aug_names = set(AugmentConfig.__dataclass_fields__)
+        bad = sorted(set(d["augment"]) - aug_names)
+        if bad:
+            raise ValueError(f"unknown train.augment key(s) {bad}; allowed: {sorted(aug_names)}")
+        d["augment"] = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["augment"].items()})
+    for k in ("input_size", "betas", "milestones"):
+        if k in d and d[k] is not None:
+            d[k] = tuple(d[k])
+    return TrainConfig(**d)
