@@ -42,6 +42,7 @@ __all__ = [
     "measure_latency",
     "cost_report",
     "cheap_cost",
+    "genotype_cost",
 ]
 
 #: column -> the counter that makes it, for table headers and MLflow tags.
@@ -65,28 +66,47 @@ def _dummy(model: nn.Module, input_size: tuple[int, int]) -> torch.Tensor:
     return torch.zeros(1, 3, *input_size, dtype=p.dtype, device=p.device)
 
 
+def _conv_out(mod: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Zeros of the conv's output shape (PyTorch's output-size formula), without convolving."""
+    hw = [
+        (x.shape[2 + i] + 2 * mod.padding[i] - mod.dilation[i] * (mod.kernel_size[i] - 1) - 1) // mod.stride[i] + 1
+        for i in range(2)
+    ]
+    return x.new_zeros(()).expand(x.shape[0], mod.out_channels, *hw)  # a view: allocates nothing
+
+
 @torch.no_grad()
 def count_conv_macs(model: nn.Module, input_size: tuple[int, int]) -> int:
     """Conv multiply-accumulates for one 1 x 3 x H x W image, as the papers count them.
 
     For every ``nn.Conv2d``: output elements x (C_in / groups) x kH x kW.
-    Dilation does not change the count; bias would not be counted.
+    Dilation does not change the count; bias would not be counted. The
+    convolutions themselves are replaced by zeros of their output shape for
+    the duration of the count, so counting costs milliseconds, not a forward
+    pass (a new architecture's first real forward pays oneDNN's set-up).
     """
     total = 0
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
 
-    def hook(mod: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        total += out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+    def fake_forward(mod: nn.Conv2d):
+        def fwd(x: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            out = _conv_out(mod, x)
+            total += out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+            return out
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+        return fwd
+
     was_training = model.training
     try:
         model.eval()
+        for m in convs:
+            m.forward = fake_forward(m)
         model(_dummy(model, input_size))
     finally:
+        for m in convs:
+            del m.forward  # back to the class's forward
         model.train(was_training)
-        for h in handles:
-            h.remove()
     return int(total)
 
 
@@ -188,8 +208,27 @@ class CostReport:
 
 
 def cheap_cost(model: nn.Module, input_size: tuple[int, int]) -> CostReport:
-    """Parameters and conv MACs only: what a search checks budgets with (a few ms)."""
+    """Parameters and conv MACs of a built model (one batch-1 forward pass)."""
     return CostReport(params=count_params(model), conv_macs=count_conv_macs(model, input_size), input_size=tuple(input_size))
+
+
+def genotype_cost(genotype: Any, input_size: tuple[int, int]) -> CostReport:
+    """Parameters and conv MACs of a genotype without computing anything.
+
+    No convolution runs (see :func:`count_conv_macs`), so a search can check
+    every candidate's budget in milliseconds, before any training.
+
+    Raises:
+        ValueError: the genotype cannot run at ``input_size``.
+    """
+    import warnings as _w
+
+    from search_spaces import GateWarning, create_model
+
+    with _w.catch_warnings():
+        _w.simplefilter("ignore", GateWarning)
+        model = create_model(genotype, input_size=tuple(input_size))
+    return cheap_cost(model, input_size)
 
 
 def cost_report(

@@ -577,12 +577,6 @@ class SegmentationDataset(Dataset):
         )
 
 
-def _worker_init(_: int) -> None:
-    # One process per core already; intra-op threads in each worker would oversubscribe.
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -595,7 +589,8 @@ def make_loader(
 
     ``drop_last`` defaults to ``shuffle`` (drop the ragged batch when training, keep
     every sample when evaluating). Workers are not persistent so that
-    ``dataset.set_epoch`` reaches them.
+    ``dataset.set_epoch`` reaches them. No worker_init_fn touches OpenCV: calling
+    ``cv2.setNumThreads`` in a forked worker can deadlock on the parent's pool.
     """
     generator = torch.Generator()
     generator.manual_seed(int(seed))
@@ -606,6 +601,5 @@ def make_loader(
         num_workers=num_workers,
         drop_last=shuffle if drop_last is None else drop_last,
         generator=generator,
-        worker_init_fn=_worker_init if num_workers > 0 else None,
         persistent_workers=False,
     )

@@ -15,6 +15,8 @@ Sources
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -80,7 +82,8 @@ def boundary_band(target: torch.Tensor, window: int, ignore_index: int = 255) ->
 
     ``y`` is the foreground mask ``(target > 0) & (target != ignore_index)``: ignored pixels
     count as background. Dilation is ``max_pool2d`` (stride 1, padding ``window // 2``);
-    erosion is ``-max_pool2d(-y)``. Padding of max_pool2d is -inf, so the image border does
+    erosion is ``-max_pool2d(-y)``; both are run as a separable (1 x w, then w x 1) pooling,
+    which gives exactly the same result as the w x w square. Padding of max_pool2d is -inf, so the image border does
     not erode a mask (an all-foreground mask gives an empty band, as does an empty one).
 
     Args:
@@ -99,42 +102,25 @@ def boundary_band(target: torch.Tensor, window: int, ignore_index: int = 255) ->
                          f"{tuple(target.shape)}")
     y = ((target > 0) & (target != ignore_index)).float().unsqueeze(1)
     pad = window // 2
-    dil = F.max_pool2d(y, window, stride=1, padding=pad)
-    ero = -F.max_pool2d(-y, window, stride=1, padding=pad)
-    return (dil - ero).squeeze(1) > 0.5
-
-
-def _lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
-    """Gradient of the Lovasz extension of the Jaccard loss w.r.t. sorted errors."""
-    gts = gt_sorted.sum()
-    intersection = gts - gt_sorted.cumsum(0)
-    union = gts + (1.0 - gt_sorted).cumsum(0)
-    jaccard = 1.0 - intersection / union
-    if gt_sorted.numel() > 1:
-        jaccard[1:] = jaccard[1:] - jaccard[:-1].clone()
-    return jaccard
-
-
-def _lovasz_hinge_flat(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Lovasz hinge of one image. logits, labels: 1-D (P,), labels in {0, 1}."""
-    if labels.numel() == 0:
-        return logits.sum() * 0.0  # no valid pixel: 0, keeps the graph
-    labels = labels.to(logits.dtype)
-    signs = 2.0 * labels - 1.0
-    errors = 1.0 - logits * signs
-    errors_sorted, perm = torch.sort(errors, descending=True)
-    grad = _lovasz_grad(labels[perm])
-    return torch.dot(F.relu(errors_sorted), grad)
+    # Square max-pooling is separable: (1 x w) then (w x 1) equals (w x w), ~w/2 times faster.
+    both = torch.cat([y, -y], dim=1)  # channel 0 -> dilation, channel 1 -> -erosion
+    both = F.max_pool2d(both, (1, window), stride=1, padding=(0, pad))
+    both = F.max_pool2d(both, (window, 1), stride=1, padding=(pad, 0))
+    dil, ero = both[:, 0], -both[:, 1]
+    return (dil - ero) > 0.5
 
 
 def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor,
                  ignore_index: int = 255) -> torch.Tensor:
     """Binary Lovasz hinge (Berman et al. 2018), per image, averaged over the batch.
 
-    Per image: errors ``1 - s * signs`` (signs = +1 foreground, -1 background) over the valid
-    pixels, sorted in decreasing order, dotted (after ReLU) with the gradient of the Lovasz
-    extension of the Jaccard loss. An image with no valid pixel contributes 0 and still counts
-    in the mean (as in the reference implementation).
+    Per image: hinge errors ``m = 1 - s * sign`` (sign +1 foreground, -1 background) over the
+    valid pixels, sorted in decreasing order, then ``loss = <relu(m_sorted), g>`` where ``g``
+    is the gradient of the Lovasz extension of the Jaccard loss,
+    ``g_i = J_i - J_{i-1}``, ``J_i = 1 - |fg minus first i| / |fg union first i|``.
+    All images are sorted in one batched call; ignored pixels get error -inf, so they sort
+    last, add nothing to the union and contribute relu(-inf) = 0. An image with no valid pixel
+    contributes 0 and still counts in the mean (as in the paper's reference code).
 
     Args:
         logits: (N, H, W) single-channel scores (foreground if > 0).
@@ -143,24 +129,38 @@ def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor,
     Returns:
         scalar tensor.
     """
-    losses = []
-    for s, t in zip(logits, target):
-        valid = t != ignore_index
-        losses.append(_lovasz_hinge_flat(s[valid], t[valid]))
-    return torch.stack(losses).mean()
+    n = logits.shape[0]
+    s = logits.reshape(n, -1)
+    t = target.reshape(n, -1)
+    valid = t != ignore_index
+    gt = ((t == 1) & valid).to(s.dtype)
+    errors = 1.0 - s * (2.0 * gt - 1.0)
+    errors = torch.where(valid, errors, torch.full_like(errors, -math.inf))
+    errors_sorted, perm = torch.sort(errors, dim=1, descending=True)
+    with torch.no_grad():
+        gt_sorted = gt.gather(1, perm)
+        valid_sorted = valid.gather(1, perm).to(s.dtype)
+        gts = gt_sorted.sum(1, keepdim=True)
+        intersection = gts - gt_sorted.cumsum(1)
+        union = gts + ((1.0 - gt_sorted) * valid_sorted).cumsum(1)
+        jaccard = 1.0 - intersection / union.clamp_min(1.0)
+        grad = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
+    per_image = (F.relu(errors_sorted) * grad).sum(1)
+    return per_image.mean()
 
 
 def _weighted_ce(logits, target, weight, ignore_index) -> torch.Tensor:
-    """Weighted-mean cross-entropy (same value as F.cross_entropy(..., reduction='mean')),
-    but 0 (with a graph) instead of NaN when every pixel is ignored."""
+    """Weighted-mean cross-entropy (the value of F.cross_entropy(..., reduction='mean')),
+    but 0 (with a graph) instead of NaN when the weighted pixel count is 0 (all ignored)."""
+    valid = target != ignore_index
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    if weight is None or bool((weight > 0).all()):
+        return F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index)
     per_pixel = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index,
                                 reduction="none")
-    valid = target != ignore_index
-    if weight is None:
-        denom = valid.sum().to(logits.dtype)
-    else:
-        safe = torch.where(valid, target, torch.zeros_like(target))
-        denom = (weight[safe] * valid.to(logits.dtype)).sum()
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    denom = (weight[safe] * valid.to(logits.dtype)).sum()
     if float(denom) <= 0.0:
         return logits.sum() * 0.0
     return per_pixel.sum() / denom

@@ -205,8 +205,8 @@ def plot_fronts(fronts: Mapping[str, Sequence[FrontPoint]], png_path: str | Path
     for col, (ax, (key, xlabel)) in enumerate(zip(axes, _PANELS), start=1):
         for n, pts in all_points.items():
             if pts:
-                ax.scatter([getattr(p, key) for p in pts], [p.miou for p in pts], s=8,
-                           color=colour[n], alpha=0.2, linewidths=0)
+                ax.scatter([getattr(p, key) for p in pts], [p.miou for p in pts], s=10,
+                           color=colour[n], alpha=0.3, linewidths=0)
                 pfig.add_trace(go.Scatter(
                     x=[getattr(p, key) for p in pts], y=[p.miou for p in pts], mode="markers",
                     name=f"{n} (all)", legendgroup=f"{n} (all)", showlegend=col == 1,
@@ -238,6 +238,7 @@ def plot_fronts(fronts: Mapping[str, Sequence[FrontPoint]], png_path: str | Path
                 marker=dict(symbol="star", size=18, color="gold", line=dict(width=1, color="black")),
                 hovertext=[_hover(p) for p in refs], hoverinfo="text"), row=1, col=col)
         ax.set_xscale("log")
+        ax.margins(x=0.12, y=0.08)                   # room for the reference labels
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", alpha=0.3)
         pfig.update_xaxes(type="log", title_text=xlabel, row=1, col=col)

@@ -13,11 +13,12 @@ from omegaconf import DictConfig
 
 # Keys whose value is a pair; ``input_size=224,224`` on the command line would
 # otherwise be read by Hydra as a sweep over two values.
-_PAIR_KEYS = re.compile(r"^(\+{0,2}(?:[\w.]+\.)?input_size)=(\d+)[,x](\d+)$")
+_LIST_KEYS = re.compile(r"^(\+{0,2}(?:[\w.]+\.)?(?:input_size|cost_input_size|studies))=([^\[\]'\"]*,[^\[\]'\"]*)$")
 
 
 def _rewrite_pairs(argv: list[str]) -> list[str]:
-    return [_PAIR_KEYS.sub(r"\1=[\2,\3]", a) for a in argv]
+    """``input_size=224,224`` -> ``input_size=[224,224]`` (also ``studies=a,b``)."""
+    return [_LIST_KEYS.sub(r"\1=[\2]", a) for a in argv]
 
 
 def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:

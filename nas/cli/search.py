@@ -1,0 +1,63 @@
+"""``nas-search`` (one worker of a study) and ``nas-pareto`` (compare studies' fronts)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from omegaconf import DictConfig, OmegaConf
+
+from nas.cli._hydra import hydra_app, print_json_line
+
+
+def build_worker(cfg: DictConfig):
+    """Config -> space, recipe, data, tracker, sampler, pruner -> :class:`nas.study.StudyWorker`."""
+    from hydra.utils import instantiate
+
+    from nas.study import SearchSettings, StudyWorker
+    from nas.tracking import Tracker
+    from nas.train import load_data, train_config_from
+
+    s = SearchSettings(**OmegaConf.to_container(cfg.study, resolve=True))
+    tcfg = train_config_from(cfg.train)
+    space = instantiate(cfg.space).with_fidelity(tcfg.num_classes, tcfg.input_size)
+    sampler = instantiate(cfg.sampler, seed=s.seed)
+    pruner = instantiate(cfg.pruner) if s.mode == "constrained" else None
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment) if cfg.tracking.enabled else None
+    data = load_data(cfg.data.root, tcfg, cache_dir=cfg.data.cache_dir, val_fraction=cfg.data.val_fraction,
+                     progress=bool(cfg.progress))
+    return StudyWorker(s, space, tcfg, data, tracker, sampler, pruner, progress=bool(cfg.progress))
+
+
+@hydra_app("search")
+def main(cfg: DictConfig) -> None:
+    worker = build_worker(cfg)
+    try:
+        summary = worker.run()
+    except KeyboardInterrupt:
+        print("nas-search: interrupted; the current trial is marked failed and will be retried on resume",
+              file=sys.stderr)
+        sys.exit(130)
+    print(f"study {summary['study']}: {summary['n_complete']} trained, {summary['n_infeasible']} over budget, "
+          f"{summary['n_failed']} failed; front of {len(summary['pareto'])}, hypervolume {summary['hypervolume']:.4f}; "
+          f"artifacts in {summary['output_dir']}")
+    print_json_line({k: summary[k] for k in ("study", "n_complete", "n_infeasible", "n_failed", "pareto",
+                                             "hypervolume")} | {"infeasible_time_fraction":
+                                                                summary["infeasible_time_fraction"]})
+
+
+@hydra_app("pareto")
+def pareto_main(cfg: DictConfig) -> None:
+    from nas.pareto import compare_studies
+
+    names = list(cfg.studies) if OmegaConf.is_list(cfg.studies) else [str(cfg.studies)]
+    ref = OmegaConf.to_container(cfg.reference_point, resolve=True)
+    res = compare_studies(names, cfg.storage, ref, cfg.output_dir, name=cfg.name,
+                          tracking=(cfg.tracking.uri, cfg.tracking.experiment) if cfg.tracking.enabled else None)
+    for row in res["table"]:
+        print(f"{row['study']:<32} front {row['front_size']:>3}  hypervolume {row['hypervolume']:.4f}")
+    print_json_line(res)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Compare the Pareto fronts of several stored studies (``nas-pareto``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from nas.report import FrontPoint, hypervolume_table, plot_fronts, write_front_csv, write_table
+from nas.study import front_of
+
+__all__ = ["compare_studies"]
+
+
+def compare_studies(names: Sequence[str], storage: str, reference: dict[str, float], output_dir: str,
+                    name: str | None = None, tracking: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Overlay the fronts of ``names``, tabulate their hypervolumes, write and log the results.
+
+    The hand-designed networks enqueued as references (``study.enqueue``) are
+    drawn when every compared study trained them at the same fidelity.
+
+    Returns:
+        ``{"studies", "table", "files", "fidelities", "references"}``.
+
+    Raises:
+        KeyError: a study name not in ``storage`` (the message lists those that are).
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    known = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise KeyError(f"studies {missing} not in {storage}; stored: {sorted(known)}")
+    fronts, points, fidelities, refs = {}, {}, {}, {}
+    for n in names:
+        st = optuna.load_study(study_name=n, storage=storage)
+        trials = st.get_trials(deepcopy=False)
+        fronts[n] = front_of(trials)
+        points[n] = [FrontPoint(f"trial {t.number}", t.user_attrs["miou"], t.user_attrs["params"],
+                                t.user_attrs["conv_macs"], t.number, t.user_attrs.get("archid"))
+                     for t in trials if t.state == TrialState.COMPLETE and "miou" in t.user_attrs]
+        fidelities[n] = st.user_attrs.get("fidelity")
+        for t in trials:
+            r = t.user_attrs.get("reference")
+            if r and t.state == TrialState.COMPLETE and "miou" in t.user_attrs:
+                refs.setdefault((r, fidelities[n]), FrontPoint(r, t.user_attrs["miou"], t.user_attrs["params"],
+                                                              t.user_attrs["conv_macs"], t.number, t.user_attrs.get("archid")))
+    same_fidelity = len(set(fidelities.values())) == 1
+    references = [p for (r, fid), p in refs.items()] if same_fidelity else []
+    ref = (reference["miou"], reference["params"], reference["conv_macs"])
+    table = hypervolume_table(fronts, ref)
+    out = Path(output_dir) / (name or "_vs_".join(names))
+    out.mkdir(parents=True, exist_ok=True)
+    png, html = plot_fronts(fronts, out / "fronts.png", out / "fronts.html", references=references, all_points=points,
+                            title=" vs ".join(names))
+    notes = [f"reference point: mIoU {ref[0]}, {ref[1]:,} parameters, {ref[2]:,} conv MACs; hypervolume normalised "
+             "by 100 x params_ref x macs_ref",
+             "fidelity: " + ("; ".join(f"{n}: {f}" for n, f in fidelities.items()))]
+    if not same_fidelity:
+        notes.append("the studies were trained at different fidelities: their fronts are not comparable, "
+                     "and no hand-designed reference point is drawn")
+    files = write_table(table, out / "hypervolume", columns=["study", "front_size", "hypervolume"],
+                        title="Hypervolume of each study's Pareto front", notes=notes,
+                        float_digits={"hypervolume": 4})
+    csvs = [write_front_csv(fronts[n], out / f"front_{n}.csv") for n in names]
+    all_files = [png, html, *files.values(), *csvs]
+    if tracking:
+        from nas.tracking import Tracker
+
+        tr = Tracker(*tracking)
+        rid = tr.start_run(name or "_vs_".join(names), tags={"studies": ",".join(names)})
+        for p in all_files:
+            tr.log_artifact(rid, p)
+        for row in table:
+            tr.log_metrics(rid, {f"hypervolume/{row['study']}": row["hypervolume"]})
+        tr.end_run(rid)
+    return {"studies": list(names), "table": table, "files": [str(p) for p in all_files],
+            "fidelities": {n: json.loads(f) if f else None for n, f in fidelities.items()},
+            "references": [p.label for p in references]}
