@@ -67,6 +67,7 @@ def test_all_disabled_is_identity():
 
 def test_flip_only():
     image, mask = _pair()
+    mask[:, :5] = 1  # asymmetric, so an unflipped mask is caught
     aug = Augment(replace(OFF, flip=True, flip_p=1.0))
     out_i, out_m = aug(image, mask, _rng(0))
     assert np.array_equal(out_i, image[:, ::-1]) and np.array_equal(out_m, mask[:, ::-1])
@@ -97,6 +98,17 @@ def test_affine_moves_mask_with_image():
         out_i, out_m = Augment(cfg)(image, mask, _rng(k))
         bright = out_i[..., 0] > 200
         assert (out_m[bright] == 1).mean() > 0.95
+
+
+def test_affine_mask_uses_nearest():
+    # Degenerate ranges fix the matrix: pure scaling about the centre.
+    image, _ = _pair()
+    mask = (np.random.default_rng(1).random((64, 48)) > 0.5).astype(np.uint8)
+    cfg = replace(OFF, affine=True, rotation_deg=0.0, scale_range=(1.7, 1.7), shift_frac=0.0)
+    out_i, out_m = Augment(cfg)(image, mask, _rng(0))
+    m = cv2.getRotationMatrix2D((23.5, 31.5), 0.0, 1.7)
+    assert np.array_equal(out_m, cv2.warpAffine(mask, m, (48, 64), flags=cv2.INTER_NEAREST))
+    assert np.array_equal(out_i, cv2.warpAffine(image, m, (48, 64), flags=cv2.INTER_LINEAR))
 
 
 @pytest.mark.parametrize("stage", ["color", "blur", "noise"])
