@@ -119,7 +119,8 @@ def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor,
     is the gradient of the Lovasz extension of the Jaccard loss,
     ``g_i = J_i - J_{i-1}``, ``J_i = 1 - |fg minus first i| / |fg union first i|``.
     All images are sorted in one batched call; ignored pixels get error -inf, so they sort
-    last, add nothing to the union and contribute relu(-inf) = 0. An image with no valid pixel
+    after every valid pixel and contribute relu(-inf) = 0 (the same value and gradient as
+    dropping them). An image with no valid pixel
     contributes 0 and still counts in the mean (as in the paper's reference code).
 
     Args:
@@ -139,10 +140,11 @@ def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor,
     errors_sorted, perm = torch.sort(errors, dim=1, descending=True)
     with torch.no_grad():
         gt_sorted = gt.gather(1, perm)
-        valid_sorted = valid.gather(1, perm).to(s.dtype)
         gts = gt_sorted.sum(1, keepdim=True)
         intersection = gts - gt_sorted.cumsum(1)
-        union = gts + ((1.0 - gt_sorted) * valid_sorted).cumsum(1)
+        # ignored pixels sit after every valid one: what they add to the union only meets
+        # relu(-inf) = 0, so they need no masking here
+        union = gts + (1.0 - gt_sorted).cumsum(1)
         jaccard = 1.0 - intersection / union.clamp_min(1.0)
         grad = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
     per_image = (F.relu(errors_sorted) * grad).sum(1)

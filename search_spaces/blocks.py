@@ -90,13 +90,14 @@ class SqueezeExcite(nn.Module):
 class SESeparableDown(nn.Module):
     """SINet's downsampling block: depthwise 3x3 stride 2, SE, pointwise, BN, PReLU.
 
+    ``se_reduction == 0`` drops the SE (the SE ablation).
     N x c_in x H x W -> N x c_out x H/2 x W/2.
     """
 
     def __init__(self, c_in: int, c_out: int, se_reduction: int):
         super().__init__()
         self.depthwise = nn.Conv2d(c_in, c_in, 3, 2, 1, groups=c_in, bias=False)
-        self.se = SqueezeExcite(c_in, se_reduction)
+        self.se = SqueezeExcite(c_in, se_reduction) if se_reduction > 0 else nn.Identity()
         self.pointwise = nn.Conv2d(c_in, c_out, 1, bias=False)
         self.br = BR(c_out)
 

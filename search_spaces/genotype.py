@@ -147,7 +147,8 @@ class SINetStage:
 
     Attributes:
         down_channels: output channels of the stride-2 SE separable block.
-        se_reduction: SE reduction r of that block (1 = a single Linear(C, C)).
+        se_reduction: SE reduction r of that block (1 = a single Linear(C, C);
+            0 = no squeeze-excite, the SE ablation).
         width: output channels of every S2 module of the stage.
         modules: the S2 modules; the first maps ``down_channels -> width``.
     """
@@ -375,8 +376,8 @@ class SINetGenotype(_GenotypeMixin):
             stride = 4 * 2**si
             _check_int(where, "down_channels", stage.down_channels, 1, 4096)
             _check_int(where, "width", stage.width, 1, 4096)
-            _check_int(where, "se_reduction", stage.se_reduction, 1, c_in)
-            if c_in % stage.se_reduction:
+            _check_int(where, "se_reduction", stage.se_reduction, 0, c_in)
+            if stage.se_reduction and c_in % stage.se_reduction:
                 raise _err(where, "se_reduction", stage.se_reduction, f"divisors of its input channels {c_in}")
             if not stage.modules:
                 raise _err(where, "modules", "()", "at least one S2 module")
