@@ -31,8 +31,6 @@ __all__ = ["AugmentConfig", "Augment"]
 # PIL's ImageFilter.SMOOTH kernel: ImageEnhance.Sharpness blends towards this
 # blurred copy, so using it keeps our sharpness factor's meaning the same as PIL's.
 _SMOOTH_KERNEL = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13.0
-# ITU-R 601-2 luma, the weights PIL uses for mode "L" (saturation/contrast reference).
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _BLUR_KINDS = ("gaussian", "median", "box")
 
 
@@ -150,10 +148,10 @@ class Augment:
         if c.blur and rng.random() < c.blur_p:
             image = self._blur(image, rng)
         if c.noise and rng.random() < c.noise_p:
-            sigma = rng.uniform(0.0, c.noise_sigma_max)
-            noisy = image.astype(np.float32)
-            noisy += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(sigma)
-            image = _to_uint8(noisy)
+            sigma = np.float32(rng.uniform(0.0, c.noise_sigma_max))
+            noise = rng.standard_normal(image.shape, dtype=np.float32) * sigma
+            # Float sum, rounded and saturated to uint8 in one cv2 pass.
+            image = cv2.add(image, noise, dtype=cv2.CV_8U)
         return image, mask
 
     def _affine(
@@ -182,22 +180,26 @@ class Augment:
         return image, mask
 
     def _color(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Numpy/cv2 equivalents of PIL ImageEnhance Color, Brightness, Contrast,
-        Sharpness applied in that order, clipping after each as PIL does."""
+        """cv2 equivalents of PIL ImageEnhance Color, Brightness, Contrast and
+        Sharpness, applied in that order. Each is PIL's ``blend(degenerate, image,
+        f)`` = f*image + (1-f)*degenerate, saturated to uint8 after every step as
+        PIL does; cv2.addWeighted is that blend, vectorised on uint8."""
         c = self.config
         f_sat = rng.uniform(*c.saturation_range)
         f_bri = rng.uniform(*c.brightness_range)
         f_con = rng.uniform(*c.contrast_range)
         f_sha = rng.uniform(*c.sharpness_range)
-        x = image.astype(np.float32)
-        gray = (x @ _LUMA)[..., None]
-        x = np.clip(gray + f_sat * (x - gray), 0.0, 255.0)
-        x = np.clip(x * f_bri, 0.0, 255.0)
-        mean = float((x @ _LUMA).mean())
-        x = np.clip(mean + f_con * (x - mean), 0.0, 255.0)
+        # Saturation: towards the ITU-R 601-2 luma image (PIL's mode "L").
+        gray = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+        x = cv2.addWeighted(image, f_sat, gray, 1.0 - f_sat, 0.0)
+        # Brightness: towards black.
+        x = cv2.addWeighted(x, f_bri, x, 0.0, 0.0)
+        # Contrast: towards the (rounded, as in PIL) mean luma.
+        mean = int(cv2.mean(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY))[0] + 0.5)
+        x = cv2.addWeighted(x, f_con, x, 0.0, (1.0 - f_con) * mean)
+        # Sharpness: towards PIL's SMOOTH-filtered copy.
         smooth = cv2.filter2D(x, -1, _SMOOTH_KERNEL, borderType=cv2.BORDER_REPLICATE)
-        x = smooth + f_sha * (x - smooth)
-        return _to_uint8(x)
+        return cv2.addWeighted(x, f_sha, smooth, 1.0 - f_sha, 0.0)
 
     def _blur(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         c = self.config
@@ -208,8 +210,3 @@ class Augment:
         if kind == "median":
             return cv2.medianBlur(image, k)
         return cv2.blur(image, (k, k))
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    """Round and saturate float pixels (0..255 units) to uint8."""
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)

@@ -121,17 +121,21 @@ def test_photometric_stages_leave_mask(stage):
     assert not np.array_equal(out_i, image)
 
 
-def test_colour_matches_pil_enhance():
+@pytest.mark.parametrize("factors", [(1.3, 0.8, 1.2, 1.15), (0.5, 1.5, 0.7, 0.85)])
+def test_colour_matches_pil_enhance(factors):
     from PIL import Image, ImageEnhance
 
     image, _ = _pair(seed=4)
-    cfg = replace(OFF, color=True, color_p=1.0, saturation_range=(1.3, 1.3),
-                  brightness_range=(0.8, 0.8), contrast_range=(1.2, 1.2), sharpness_range=(1.0, 1.0))
+    sat, bri, con, sha = factors
+    cfg = replace(OFF, color=True, color_p=1.0, saturation_range=(sat, sat),
+                  brightness_range=(bri, bri), contrast_range=(con, con), sharpness_range=(sha, sha))
     ours, _ = Augment(cfg)(image, np.zeros(image.shape[:2], np.uint8), _rng(0))
     pil = Image.fromarray(image)
-    for enh, f in ((ImageEnhance.Color, 1.3), (ImageEnhance.Brightness, 0.8), (ImageEnhance.Contrast, 1.2)):
+    for enh, f in zip((ImageEnhance.Color, ImageEnhance.Brightness, ImageEnhance.Contrast,
+                       ImageEnhance.Sharpness), factors):
         pil = enh(pil).enhance(f)
-    assert np.abs(ours.astype(int) - np.asarray(pil).astype(int)).max() <= 3
+    diff = np.abs(ours.astype(int) - np.asarray(pil).astype(int))[1:-1, 1:-1]  # PIL skips borders
+    assert diff.max() <= 5 and diff.mean() < 2.5
 
 
 def test_probability_zero_disables():
