@@ -172,6 +172,23 @@ def test_cache_invalidated_by_changed_source(root, tmp_path):
     assert np.array_equal(a.masks[0], b.masks[0]) and np.array_equal(a.images, b.images)
 
 
+def test_cache_corrupt_entry_rebuilt_and_concurrent_writers(root, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = D.read_split(root, "val").ids[:4]
+
+    def load():
+        return D.load_split_arrays(root, "val", size=SIZE, cache_dir=tmp_path, ids=ids, workers=1, progress=False)
+
+    with ThreadPoolExecutor(2) as pool:  # two builders racing on the same keys
+        a, b = pool.map(lambda _: load(), range(2))
+    assert np.array_equal(a.images, b.images) and len(list(tmp_path.rglob("*.npy"))) == 4
+    entry = sorted(tmp_path.rglob("*.npy"))[0]
+    entry.write_bytes(entry.read_bytes()[:100])  # torn/corrupt entry
+    c = load()
+    assert (c.cache_hits, c.cache_misses) == (3, 1) and np.array_equal(c.images, a.images)
+
+
 # ---------------------------------------------------------------- errors
 
 
