@@ -183,10 +183,11 @@ def test_cache_corrupt_entry_rebuilt_and_concurrent_writers(root, tmp_path):
     with ThreadPoolExecutor(2) as pool:  # two builders racing on the same keys
         a, b = pool.map(lambda _: load(), range(2))
     assert np.array_equal(a.images, b.images) and len(list(tmp_path.rglob("*.npy"))) == 4
-    entry = sorted(tmp_path.rglob("*.npy"))[0]
-    entry.write_bytes(entry.read_bytes()[:100])  # torn/corrupt entry
+    entries = sorted(tmp_path.rglob("*.npy"))
+    entries[0].write_bytes(entries[0].read_bytes()[:100])  # torn/corrupt entry
+    np.save(entries[1], np.zeros((5, 5, 4), np.uint8))  # readable but wrong shape
     c = load()
-    assert (c.cache_hits, c.cache_misses) == (3, 1) and np.array_equal(c.images, a.images)
+    assert (c.cache_hits, c.cache_misses) == (2, 2) and np.array_equal(c.images, a.images)
 
 
 # ---------------------------------------------------------------- errors

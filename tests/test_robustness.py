@@ -55,8 +55,8 @@ def tail(path: Path, n: int = 4000) -> str:
     return path.read_text(errors="replace")[-n:] if path.is_file() else "(no output)"
 
 
-def sqlite_trials(db: Path, study: str) -> list[tuple[int, str, str | None]]:
-    """``(number, state, mlflow_run_id)`` of a study, read-only and straight from the file (the worker
+def sqlite_trials(db: Path, study: str, attr: str = "mlflow_run_id") -> list[tuple[int, str, str | None]]:
+    """``(number, state, user_attrs[attr])`` of a study, read-only and straight from the file (the worker
     may be creating it: an absent file or table is an empty list)."""
     if not db.is_file():
         return []
@@ -64,24 +64,26 @@ def sqlite_trials(db: Path, study: str) -> list[tuple[int, str, str | None]]:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
             rows = conn.execute(
                 "SELECT t.number, t.state, (SELECT a.value_json FROM trial_user_attributes a "
-                "WHERE a.trial_id = t.trial_id AND a.key = 'mlflow_run_id') "
+                "WHERE a.trial_id = t.trial_id AND a.key = ?) "
                 "FROM trials t JOIN studies s ON s.study_id = t.study_id WHERE s.study_name = ? ORDER BY t.number",
-                (study,)).fetchall()
+                (attr, study)).fetchall()
     except sqlite3.OperationalError:
         return []
     return [(n, s, json.loads(r) if r else None) for n, s, r in rows]
 
 
 def wait_mid_trial(proc: subprocess.Popen, db: Path, study: str, log: Path, timeout: float = 120) -> tuple[int, str]:
-    """Wait until a trial of ``study`` is RUNNING with its MLflow run started; ``(number, run id)``."""
+    """Wait until a trial of ``study`` is RUNNING and training (its genotype chosen, so its MLflow run
+    started); ``(number, run id)``."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if proc.poll() is not None:
             pytest.fail(f"nas-search exited ({proc.returncode}) before a trial ran:\n{tail(log)}")
-        running = [(n, rid) for n, s, rid in sqlite_trials(db, study) if s == "RUNNING" and rid]
+        running = [n for n, s, g in sqlite_trials(db, study, "archid") if s == "RUNNING" and g]
         if running:
-            return running[0]
-        time.sleep(0.1)
+            rid = dict((n, r) for n, _, r in sqlite_trials(db, study))[running[0]]
+            return running[0], rid
+        time.sleep(0.05)
     pytest.fail(f"no trial of {study} was RUNNING after {timeout} s:\n{tail(log)}")
 
 
@@ -140,6 +142,7 @@ def report(what: str, **numbers) -> None:
 def test_sigkill_mid_trial_then_resume(workdir: Path) -> None:
     n, name = 3, "kill"
     cmd = search_cmd(name, n)
+    t0 = time.perf_counter()
     proc = spawn(cmd, workdir / "killed.log")
     try:
         victim, victim_run = wait_mid_trial(proc, workdir / "nas_studies.db", name, workdir / "killed.log")
@@ -155,7 +158,9 @@ def test_sigkill_mid_trial_then_resume(workdir: Path) -> None:
     open_before = sum(r.info.status == "RUNNING" for r in mlflow_runs(name))
     assert open_before == 2  # the worker's parent run and the trial's child run
 
+    t_kill = time.perf_counter() - t0
     run_to_end(cmd, workdir / "resumed.log")  # the same command resumes
+    t_resume = time.perf_counter() - t0 - t_kill
     trials = assert_study_done(SQLITE, name, n)
     killed = trials[victim]
     assert killed.state == TrialState.FAIL
@@ -169,7 +174,7 @@ def test_sigkill_mid_trial_then_resume(workdir: Path) -> None:
     assert by_pid.pop(proc.pid) == "KILLED" and list(by_pid.values()) == ["FINISHED"]
     report("SIGKILL mid-trial", slots_expected=n, slots_found=count_slots(trials)["slots"], trials=len(trials),
            killed_trial=victim, retried_as=retries[0].number, mlflow_runs_open_after_kill=open_before,
-           mlflow_runs_open_after_resume=0)
+           mlflow_runs_open_after_resume=0, killed_after_s=round(t_kill, 1), resume_s=round(t_resume, 1))
 
 
 # -- 2. Ctrl-C ---------------------------------------------------------------------------------------
