@@ -36,12 +36,12 @@ from tqdm import tqdm
 
 PathLike = str | os.PathLike
 
-# Approximate EG1800 per-channel statistics, 0..255 units; items are (x - MEAN_RGB) / STD_RGB
-# on RGB images, as the project specifies. These are the release's numbers, which it applied
-# to cv2 (BGR) images: this copy's training images measure mean R, G, B = 130.3, 114.8, 106.6
-# (std 76.1, 71.2, 70.3) at 224x224, so in RGB order R and B are offset by ~0.35 std.
-MEAN_RGB = (107.304, 115.997, 132.23)
-STD_RGB = (63.0, 65.1, 68.3)
+# Items are (x - MEAN_RGB) / STD_RGB in 0..255 units: the authors' release reads images with
+# OpenCV (BGR) and normalises with mean (107.304, 115.997, 132.23), std (63.0, 65.1, 68.3) in
+# that order. We decode RGB, so the same statistics are listed here reversed, in RGB order
+# (this copy's training images measure mean R, G, B = 130.3, 114.8, 106.6 at 224x224).
+MEAN_RGB = (132.23, 115.997, 107.304)
+STD_RGB = (68.3, 65.1, 63.0)
 
 SPLIT_FILES = {"train": "eg1800_train.txt", "val": "eg1800_test.txt"}
 IMAGE_DIR, MASK_DIR = "images_data_crop", "images_mask"
