@@ -28,6 +28,7 @@ was not superseded by a retry. A study is done when its slots reach
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import hashlib
 import json
@@ -136,15 +137,17 @@ def open_study(s: SearchSettings, sampler: optuna.samplers.BaseSampler, pruner: 
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     else:
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}
-    storage = RDBStorage(
-        s.storage, heartbeat_interval=s.heartbeat_interval, grace_period=s.grace_period,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=s.max_retry), **kwargs,
-    )
     directions = ["maximize", "minimize", "minimize"] if s.mode == "pareto" else ["maximize"]
-    study = optuna.create_study(
-        study_name=s.name, storage=storage, sampler=sampler, pruner=pruner if s.mode == "constrained" else None,
-        directions=directions, load_if_exists=True,
-    )
+    # Workers started together on a new database would race to create its tables ("table already exists")
+    with slot_lock(s.storage, "portrait-nas/create-tables"):
+        storage = RDBStorage(
+            s.storage, heartbeat_interval=s.heartbeat_interval, grace_period=s.grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=s.max_retry), **kwargs,
+        )
+        study = optuna.create_study(
+            study_name=s.name, storage=storage, sampler=sampler, pruner=pruner if s.mode == "constrained" else None,
+            directions=directions, load_if_exists=True,
+        )
     if [d.name.lower() for d in study.directions] != [d + "" for d in directions]:
         raise ValueError(f"study {s.name!r} exists with {len(study.directions)} objective(s); "
                          f"study.mode={s.mode} needs {len(directions)}: use another study.name")
@@ -299,8 +302,9 @@ class StudyWorker:
     # -- the loop ----------------------------------------------------------------------------------
     def _next_trial(self) -> optuna.Trial | None:
         """Ask for the next trial under the slot lock; None when the study is done."""
+        wait = object()
         while True:
-            optuna.storages.fail_stale_trials(self.study)
+            optuna.storages.fail_stale_trials(self.study)  # a killed worker's trial: FAIL, and its retry queued
             with slot_lock(self.s.storage, self.s.name):
                 trials = self.study.get_trials(deepcopy=False)
                 if not trials:
@@ -310,10 +314,15 @@ class StudyWorker:
                     trials = self.study.get_trials(deepcopy=False)
                 c = count_slots(trials)
                 if c["waiting"] or c["slots"] < self.s.n_trials:
-                    return self.study.ask()
-                if not c["running"]:
-                    return None
-            self._close_orphan_runs(trials)
+                    trial = self.study.ask()
+                    # beat at once: a worker killed before its heartbeat thread's first beat would leave a
+                    # RUNNING trial without heartbeat, which Optuna never finds stale (the study never ends)
+                    self.storage.record_heartbeat(trial._trial_id)
+                else:
+                    trial = wait if c["running"] else None
+            self._close_orphan_runs(trials)  # the MLflow runs of trials failed above (or by another worker)
+            if trial is not wait:
+                return trial
             time.sleep(min(self.s.heartbeat_interval, 5))  # other workers' (or stale) trials still running
 
     def run(self) -> dict[str, Any]:
@@ -364,7 +373,10 @@ class StudyWorker:
         except KeyboardInterrupt:
             trial.set_user_attr("error", "interrupted (Ctrl-C)")
             frozen = self.study.tell(trial, state=TrialState.FAIL)
-            self.retry(self.study, frozen)  # its slot is run again on resume
+            # its slot is run again on resume; the retry copies the user attributes: not this error, nor the run
+            frozen = copy.copy(frozen)
+            frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("error", "mlflow_run_id")}
+            self.retry(self.study, frozen)
             self._close(rid, "FAIL", KILLED)
             raise
         except Exception as exc:  # a failed trial is recorded and the study goes on

@@ -13,12 +13,14 @@ run carries the tags ``study``, ``trial``, ``state``, ``feasible``,
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
@@ -26,6 +28,31 @@ __all__ = ["Tracker", "default_tracking_uri", "RUNNING", "FINISHED", "FAILED", "
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 _MAX_PARAM_LEN = 6000
+
+
+@contextlib.contextmanager
+def _sqlite_init_lock(uri: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<file>.lock`` for a ``sqlite:///`` store, else nothing.
+
+    MLflow creates and migrates the tables of a new SQLite store on first use; two processes
+    doing it at once fail ("duplicate column name: step"), e.g. two ``nas-search`` workers
+    started together in a new folder.
+    """
+    path = uri.split("sqlite:///", 1)[1].split("?", 1)[0] if uri.startswith("sqlite:///") else ""
+    if not path or path == ":memory:":
+        yield
+        return
+    try:
+        fh = open(path + ".lock", "a")
+    except OSError:  # a folder that does not exist: MLflow's own error says which
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def default_tracking_uri() -> str:
@@ -53,18 +80,19 @@ class Tracker:
 
         logging.getLogger("alembic").setLevel(logging.WARNING)
         self.uri = uri or default_tracking_uri()
-        self.client = MlflowClient(tracking_uri=self.uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            try:
-                self.experiment_id = self.client.create_experiment(experiment)
-            except Exception:  # another worker created it first
-                exp = self.client.get_experiment_by_name(experiment)
-                if exp is None:
-                    raise
+        with _sqlite_init_lock(self.uri):  # the first use of a new store creates (migrates) its tables
+            self.client = MlflowClient(tracking_uri=self.uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                try:
+                    self.experiment_id = self.client.create_experiment(experiment)
+                except Exception:  # another worker created it first
+                    exp = self.client.get_experiment_by_name(experiment)
+                    if exp is None:
+                        raise
+                    self.experiment_id = exp.experiment_id
+            else:
                 self.experiment_id = exp.experiment_id
-        else:
-            self.experiment_id = exp.experiment_id
         self.experiment = experiment
 
     # -- runs ---------------------------------------------------------------
