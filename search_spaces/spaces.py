@@ -76,6 +76,20 @@ class SearchSpace(abc.ABC):
             ValueError: the genotype is not a point of this space (names the parameter).
         """
 
+    def _base(self, base: str | Genotype) -> Genotype:
+        g = get_genotype(base)
+        if g.family != self.family:
+            raise ValueError(f"{type(self).__name__}.base={base!r} is a {g.family} genotype; allowed: a genotype of family {self.family}")
+        return g
+
+    def _per_stage(self, **lists: Sequence[Sequence[Any]]) -> list[list[list[Any]]]:
+        """One candidate list per stage of the base genotype, or ``ValueError`` naming the key."""
+        n = len(self.base.stages)
+        for name, v in lists.items():
+            if len(v) != n:
+                raise ValueError(f"{type(self).__name__}.{name} has {len(v)} entries; allowed: one list per stage ({n})")
+        return [[list(x) for x in v] for v in lists.values()]
+
     def with_fidelity(self, num_classes: int, input_size: Sequence[int]) -> "SearchSpace":
         """This space at another class count / input size (a shallow copy)."""
         import copy
@@ -117,17 +131,11 @@ class SINetSpace(SearchSpace):
         input_size: Sequence[int] = (224, 224),
     ):
         super().__init__(num_classes, input_size)
-        self.base = get_genotype(base)
-        if self.base.family != "sinet":
-            raise ValueError(f"SINetSpace.base={base!r} is a {self.base.family} genotype; allowed: a sinet genotype")
+        self.base = self._base(base)
         self.kernels, self.dilations, self.pools = list(kernels), list(dilations), list(pools)
         self.branches = int(branches)
-        self.modules_per_stage = [list(m) for m in modules_per_stage]
-        self.widths = [list(w) for w in widths]
+        self.modules_per_stage, self.widths = self._per_stage(modules_per_stage=modules_per_stage, widths=widths)
         self.decoders = list(decoders)
-        for name, v in (("modules_per_stage", self.modules_per_stage), ("widths", self.widths)):
-            if len(v) != len(self.base.stages):
-                raise ValueError(f"SINetSpace.{name} has {len(v)} entries; allowed: one list per stage (2)")
 
     def suggest(self, trial: Any) -> SINetGenotype:
         p = self.prefix
@@ -203,16 +211,10 @@ class C3Space(SearchSpace):
         input_size: Sequence[int] = (224, 224),
     ):
         super().__init__(num_classes, input_size)
-        self.base = get_genotype(base)
-        if self.base.family != "extremec3net":
-            raise ValueError(f"C3Space.base={base!r} is a {self.base.family} genotype; allowed: an extremec3net genotype")
+        self.base = self._base(base)
         self.branches, self.dilations = list(branches), sorted(dilations)
-        self.modules_per_stage = [list(m) for m in modules_per_stage]
-        self.widths = [list(w) for w in widths]
+        self.modules_per_stage, self.widths = self._per_stage(modules_per_stage=modules_per_stage, widths=widths)
         self.concentration, self.detail_branch = list(concentration), list(detail_branch)
-        for name, v in (("modules_per_stage", self.modules_per_stage), ("widths", self.widths)):
-            if len(v) != len(self.base.stages):
-                raise ValueError(f"C3Space.{name} has {len(v)} entries; allowed: one list per stage ({len(self.base.stages)})")
 
     def _module(self, trial: Any, name: str, residual: bool, stride: int, concentration: bool) -> C3ModuleSpec:
         n = _choice(trial, f"{name}.branches", self.branches)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -25,12 +26,30 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.study import count_slots
 
-# tests/test_search.py's tiny fidelity; no budgets (every trial trains), two epochs so that a trial lasts
-# long enough (~2 s) to be interrupted in the middle
+# tests/test_search.py's tiny fidelity, on 2% of the training list; no budgets (every trial trains); the
+# random sampler (cheaper than TPE; the sampler plays no part here)
 TINY = ["fidelity=tiny", "data.val_fraction=0.1", "train.threads=1", "progress=false",
         "study.heartbeat_interval=1", "study.grace_period=3", "study.extra_costs=false"]
-ROBUST = [*TINY, "study.budgets.params=null", "study.budgets.conv_macs=null"]
+ROBUST = [*TINY, "train.train_fraction=0.02", "study.budgets.params=null", "study.budgets.conv_macs=null",
+          "sampler=random"]
 SQLITE = "sqlite:///nas_studies.db"
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store with its tables created (migrating a new one takes seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture()
+def tracked(workdir: Path, mlflow_template: Path) -> Path:
+    """``workdir`` with its MLflow store already created."""
+    shutil.copyfile(mlflow_template, workdir / "mlflow.db")
+    return workdir
 
 
 # -- helpers (also used by tests/test_postgres.py) -----------------------------------------------
@@ -99,6 +118,15 @@ def run_to_end(cmd: list[str], log: Path, timeout: float = 240) -> dict:
     return json.loads(log.read_text().strip().splitlines()[-1])
 
 
+def search_in_process(name: str, n: int, extra: Sequence[str] = (), epochs: int = 2) -> dict:
+    """The same search as :func:`search_cmd`, in this process; its summary."""
+    from nas.cli.search import build_worker
+    from tests.conftest import compose
+
+    cfg = compose("search", [*ROBUST, f"train.epochs={epochs}", f"study.name={name}", f"study.n_trials={n}", *extra])
+    return build_worker(cfg).run()
+
+
 def assert_study_done(storage: str, study: str, n: int) -> list[FrozenTrial]:
     """The study's definition of done, and trial numbers 0..len-1 without gaps or duplicates."""
     trials = optuna.load_study(study_name=study, storage=storage).get_trials()
@@ -139,7 +167,8 @@ def report(what: str, **numbers) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_trial_then_resume(workdir: Path) -> None:
+def test_sigkill_mid_trial_then_resume(tracked: Path) -> None:
+    workdir = tracked
     n, name = 3, "kill"
     cmd = search_cmd(name, n)
     t0 = time.perf_counter()
@@ -181,7 +210,8 @@ def test_sigkill_mid_trial_then_resume(workdir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_fails_trial_queues_retry_and_closes_runs(workdir: Path) -> None:
+def test_ctrl_c_fails_trial_queues_retry_and_closes_runs(tracked: Path) -> None:
+    workdir = tracked
     n, name = 3, "ctrlc"
     cmd = search_cmd(name, n)
     log = workdir / "interrupted.log"
@@ -207,7 +237,7 @@ def test_ctrl_c_fails_trial_queues_retry_and_closes_runs(workdir: Path) -> None:
     assert runs[victim_run].info.status == "KILLED" and runs[victim_run].data.tags["state"] == "FAIL"
     assert [r.info.status for r in runs.values() if r.data.tags.get("role") == "worker"] == ["KILLED"]
 
-    run_to_end(cmd, workdir / "resumed.log")
+    search_in_process(name, n)  # resume (in this process: quicker than a third start of nas-search)
     trials = assert_study_done(SQLITE, name, n)
     assert [t.state for t in retries_of(trials, victim)] == [TrialState.COMPLETE]
     assert_no_open_runs(name)
@@ -265,11 +295,9 @@ def test_parallel_workers_on_sqlite(workdir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_non_finite_loss_fails_one_trial_and_the_study_goes_on(workdir: Path, monkeypatch) -> None:
+def test_non_finite_loss_fails_one_trial_and_the_study_goes_on(tracked: Path, monkeypatch) -> None:
     """A real NaN: the second trial trains with lr=1e30 (the others with the configured lr)."""
     import nas.study
-    from nas.cli.search import build_worker
-    from tests.conftest import compose
 
     real = nas.study.train_genotype
     calls = []
@@ -281,9 +309,8 @@ def test_non_finite_loss_fails_one_trial_and_the_study_goes_on(workdir: Path, mo
         return real(g, cfg, data, on_epoch=on_epoch)
 
     monkeypatch.setattr(nas.study, "train_genotype", one_bad_trial)
-    n, name = 3, "nan"
-    cfg = compose("search", [*ROBUST, "train.epochs=1", f"study.name={name}", f"study.n_trials={n}"])
-    summary = build_worker(cfg).run()
+    n, name = 3, "nan-loss"
+    summary = search_in_process(name, n, epochs=1)
     trials = assert_study_done(SQLITE, name, n)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     bad = trials[1]
