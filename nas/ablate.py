@@ -378,7 +378,7 @@ def write_results(exp: Experiment, result: dict[str, Any], results_dir: str | Pa
     f = result["fidelity"]
     notes = [
         "params: trainable parameters; conv_macs: convolution multiply-accumulates at 224x224 (the papers' "
-        "\"FLOPs\"; forward hooks on nn.Conv2d).",
+        "\"FLOPs\"; per nn.Conv2d: outputs x C_in/groups x kH x kW).",
     ]
     if trained:
         notes += [

@@ -48,7 +48,7 @@ __all__ = [
 #: column -> the counter that makes it, for table headers and MLflow tags.
 COUNTERS = {
     "params": "trainable parameters (torch numel)",
-    "conv_macs": "conv MACs, the papers' FLOPs (forward hooks on nn.Conv2d)",
+    "conv_macs": "conv MACs, the papers' FLOPs (each nn.Conv2d: outputs x C_in/groups x kH x kW)",
     "fvcore_total": "fvcore FlopCountAnalysis.total() (MACs)",
     "ptflops_pytorch": "ptflops MACs, backend=pytorch",
     "ptflops_aten": "ptflops MACs, backend=aten",
@@ -113,7 +113,9 @@ def count_conv_macs(model: nn.Module, input_size: tuple[int, int]) -> int:
 @torch.no_grad()
 def count_fvcore(model: nn.Module, input_size: tuple[int, int]) -> int:
     """fvcore ``FlopCountAnalysis(model, x).total()`` at batch 1 (MACs), its warnings silenced."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore's import calls the deprecated torch.jit.script
+        warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis
 
     was_training = model.training
     model.eval()

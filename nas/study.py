@@ -101,6 +101,10 @@ class SearchSettings:
                                                                         "conv_macs": 300_000_000})
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            # study.name=nan / true / 1e3 reach us as a float or bool (YAML typing): say so, not MLflow later
+            raise ValueError(f"study.name={self.name!r} ({type(self.name).__name__}); allowed: a non-empty string "
+                             f"(quote a name that YAML reads as a number or boolean: study.name=\"'{self.name}'\")")
         if self.mode not in MODES:
             raise ValueError(f"study.mode={self.mode!r}; allowed: {', '.join(MODES)}")
         if not isinstance(self.n_trials, int) or self.n_trials < 1:

@@ -285,6 +285,7 @@ def check_parallel_study(storage: str, name: str, n: int, workers: int) -> dict[
 def test_parallel_workers_on_sqlite(workdir: Path) -> None:
     n, name = 4, "par-sqlite"
     t0 = time.perf_counter()
+    # both also create the study database and the MLflow store (new here): the first start in a new folder
     run_parallel([search_cmd(name, n, epochs=1)] * 2, workdir)
     got = check_parallel_study(SQLITE, name, n, workers=2)
     report("2 workers on SQLite", slots_expected=n, **got, mlflow_runs_open=0,
