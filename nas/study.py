@@ -370,17 +370,21 @@ class StudyWorker:
                         tags={"study": self.s.name, "trial": trial.number, "state": "RUNNING"})
                     trial.set_user_attr("mlflow_run_id", rid)
                 kind = self._evaluate(trial, rid)
+        # skip_if_finished below: another worker may have failed (and retried) this trial meanwhile, had our
+        # heartbeat stalled past the grace period; this worker then goes on instead of crashing
         except optuna.TrialPruned:
-            self.study.tell(trial, state=TrialState.PRUNED)
+            self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             self._close(rid, "PRUNED", FINISHED)
             kind = "trained_s"
         except KeyboardInterrupt:
-            trial.set_user_attr("error", "interrupted (Ctrl-C)")
-            frozen = self.study.tell(trial, state=TrialState.FAIL)
-            # its slot is run again on resume; the retry copies the user attributes: not this error, nor the run
-            frozen = copy.copy(frozen)
-            frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("error", "mlflow_run_id")}
-            self.retry(self.study, frozen)
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("error", "interrupted (Ctrl-C)")
+            frozen = self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            if frozen.user_attrs.get("error") == "interrupted (Ctrl-C)":  # failed here, not already retried
+                # its slot is run again on resume; the retry copies the user attributes: not this error, nor the run
+                frozen = copy.copy(frozen)
+                frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("error", "mlflow_run_id")}
+                self.retry(self.study, frozen)
             self._close(rid, "FAIL", KILLED)
             raise
         except Exception as exc:  # a failed trial is recorded and the study goes on
@@ -388,7 +392,7 @@ class StudyWorker:
             log.warning("trial %d failed: %s", trial.number, msg)
             with contextlib.suppress(Exception):
                 trial.set_user_attr("error", msg[:2000])
-            self.study.tell(trial, state=TrialState.FAIL)
+            self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             if rid and self.tracker:
                 self.tracker.set_tags(rid, {"error": msg[:5000]})
             self._close(rid, "FAIL", FAILED)

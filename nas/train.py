@@ -198,14 +198,14 @@ class TrainResult:
     def summary(self) -> dict[str, Any]:
         """The JSON line of ``nas-train``."""
         return {
-            "miou": round(self.miou, 4),
-            "miou_2class": round(self.miou_2class, 4),
+            "miou": self.miou,
+            "miou_2class": self.miou_2class,
             "epochs": self.epochs,
             "train_images": self.train_images,
             "val_images": self.val_images,
             "skipped_ids": self.skipped_ids,
             "images_per_s": round(self.images_per_s, 2),
-            "holdout_miou": None if self.holdout_miou is None else round(self.holdout_miou, 4),
+            "holdout_miou": self.holdout_miou,
             "best_epoch": self.best_epoch,
             "holdout_images": self.holdout_images,
             "dropped_duplicates": self.dropped_duplicates,
