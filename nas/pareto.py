@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from nas.report import FrontPoint, hypervolume_table, plot_fronts, write_front_csv, write_table
-from nas.study import front_of
+from nas.study import engine_url, front_of
 
 __all__ = ["compare_studies"]
 
@@ -29,6 +29,7 @@ def compare_studies(names: Sequence[str], storage: str, reference: dict[str, flo
         KeyError: a study name not in ``storage`` (the message lists those that are).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = engine_url(storage)
     known = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     missing = [n for n in names if n not in known]
     if missing:

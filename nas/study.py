@@ -53,7 +53,8 @@ from nas.train import DataBundle, NonFiniteLossError, TrainConfig, train_genotyp
 from search_spaces import Genotype, create_model, get_genotype
 from search_spaces.spaces import SearchSpace
 
-__all__ = ["SearchSettings", "open_study", "slot_lock", "count_slots", "StudyWorker", "front_of", "MODES"]
+__all__ = ["SearchSettings", "open_study", "check_storage", "engine_url", "slot_lock", "count_slots", "StudyWorker",
+           "front_of", "MODES"]
 
 log = logging.getLogger(__name__)
 # We drive heartbeats and stale-trial checks ourselves around an ask/tell loop.
@@ -123,6 +124,41 @@ class SearchSettings:
 # -- storage and locking ------------------------------------------------------------------------
 
 
+def engine_url(url: str) -> str:
+    """The SQLAlchemy URL for a ``study.storage`` value.
+
+    A bare ``postgresql://`` means psycopg 3 to SQLAlchemy 2.1, psycopg2 to 2.0; the project's
+    ``postgres`` extra installs psycopg2. So a bare URL gets the driver that is installed.
+
+    Raises:
+        ImportError: a PostgreSQL URL and no driver installed (the message says what to install).
+    """
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + url[len("postgresql://"):]
+    if importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    raise ImportError(f"study.storage={_redact(url)} needs a PostgreSQL driver: "
+                      "pip install 'portrait-nas[postgres]' (psycopg2-binary)")
+
+
+def check_storage(url: str) -> None:
+    """Fail early, before any data is loaded, when a SQLite storage's folder cannot take the file.
+
+    Raises:
+        OSError: the folder does not exist or is not writable (the message names it).
+    """
+    if url.startswith("sqlite"):
+        path = url.split("sqlite:///", 1)[-1]
+        if path and path != ":memory:":
+            parent = Path(path).parent
+            if not parent.is_dir() or not os.access(parent, os.W_OK):
+                raise OSError(f"study.storage={url!r}: folder {parent.resolve()} does not exist or is not writable")
+
+
 def open_study(s: SearchSettings, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner | None = None
                ) -> tuple[optuna.Study, RDBStorage]:
     """Create or load the study (``load_if_exists``) on heartbeat-enabled RDB storage.
@@ -132,12 +168,8 @@ def open_study(s: SearchSettings, sampler: optuna.samplers.BaseSampler, pruner: 
         sqlalchemy.exc.OperationalError: the storage cannot be reached.
     """
     kwargs: dict[str, Any] = {}
+    check_storage(s.storage)
     if s.storage.startswith("sqlite"):
-        path = s.storage.split("sqlite:///", 1)[-1]
-        if path and path != ":memory:":
-            parent = Path(path).parent
-            if not parent.exists() or not os.access(parent, os.W_OK):
-                raise OSError(f"study.storage={s.storage!r}: folder {parent.resolve()} does not exist or is not writable")
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     else:
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}
@@ -145,7 +177,7 @@ def open_study(s: SearchSettings, sampler: optuna.samplers.BaseSampler, pruner: 
     # Workers started together on a new database would race to create its tables ("table already exists")
     with slot_lock(s.storage, "portrait-nas/create-tables"):
         storage = RDBStorage(
-            s.storage, heartbeat_interval=s.heartbeat_interval, grace_period=s.grace_period,
+            engine_url(s.storage), heartbeat_interval=s.heartbeat_interval, grace_period=s.grace_period,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=s.max_retry), **kwargs,
         )
         study = optuna.create_study(
@@ -169,7 +201,8 @@ def slot_lock(storage_url: str, study_name: str) -> Iterator[None]:
     if storage_url.startswith("postgresql"):
         import sqlalchemy
 
-        engine = _engines.get(storage_url) or _engines.setdefault(storage_url, sqlalchemy.create_engine(storage_url))
+        engine = _engines.get(storage_url) or _engines.setdefault(storage_url,
+                                                                  sqlalchemy.create_engine(engine_url(storage_url)))
         key = int(hashlib.sha1(study_name.encode()).hexdigest()[:15], 16)
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
@@ -385,7 +418,10 @@ class StudyWorker:
                 frozen = copy.copy(frozen)
                 frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("error", "mlflow_run_id")}
                 self.retry(self.study, frozen)
-            self._close(rid, "FAIL", KILLED)
+            if frozen.state == TrialState.COMPLETE:  # Ctrl-C came just after its tell
+                self._close(rid, "COMPLETE", FINISHED)
+            else:
+                self._close(rid, frozen.state.name, KILLED)
             raise
         except Exception as exc:  # a failed trial is recorded and the study goes on
             msg = f"{type(exc).__name__}: {exc}"

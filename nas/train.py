@@ -21,6 +21,7 @@ study and the command-line tools add tracking around it through the
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 import warnings
@@ -37,6 +38,8 @@ from nas.data import SegmentationDataset, SplitArrays, load_split_arrays, make_l
 from nas.losses import SegmentationLoss, class_weights_from_masks, downsample_labels
 from nas.metrics import SegmentationMetrics, foreground_iou_per_image, predictions_from_logits
 from search_spaces import GateWarning, Genotype, create_model
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "TrainConfig",
@@ -240,11 +243,25 @@ def load_data(
     )
     val = load_split_arrays(root, "val", cfg.input_size, cache_dir=cache_dir, fraction=val_fraction, seed=cfg.seed,
                             progress=progress)
+    _warn_skipped(root, (train, val))
     holdout = None
     if cfg.holdout_fraction > 0:
         tr_ids, ho_ids = split_holdout(train.ids, cfg.holdout_fraction, seed=cfg.seed)
         train, holdout = train.select(tr_ids), train.select(ho_ids)
     return DataBundle(train, holdout, val, skipped_ids=len(train.skipped_ids) + len(val.skipped_ids))
+
+
+def _warn_skipped(root: str | None, splits: Sequence[SplitArrays]) -> None:
+    """One warning naming the listed ids whose image or mask file is missing (they are skipped)."""
+    from nas.data import image_path, mask_path, resolve_data_root
+
+    skipped = [(a.split, i) for a in splits for i in dict.fromkeys(a.skipped_ids)]
+    if skipped:
+        r = resolve_data_root(root)
+        files = [str(p) for _, i in skipped[:3] for p in (image_path(r, i), mask_path(r, i)) if not p.is_file()]
+        log.warning("EG1800: %d listed id(s) skipped, their image or mask file is missing: %s%s (e.g. %s)",
+                    len(skipped), ", ".join(f"{sp} {i}" for sp, i in skipped[:5]), " ..." if len(skipped) > 5 else "",
+                    ", ".join(files))
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:

@@ -9,16 +9,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from nas.cli._hydra import hydra_app, print_json_line
 
-
 def build_worker(cfg: DictConfig):
     """Config -> space, recipe, data, tracker, sampler, pruner -> :class:`nas.study.StudyWorker`."""
     from hydra.utils import instantiate
 
-    from nas.study import SearchSettings, StudyWorker
+    from nas.study import SearchSettings, StudyWorker, check_storage
     from nas.tracking import Tracker
     from nas.train import load_data, train_config_from
 
     s = SearchSettings(**OmegaConf.to_container(cfg.study, resolve=True))
+    check_storage(s.storage)  # before the MLflow store and the data are touched
     tcfg = train_config_from(cfg.train)
     space = instantiate(cfg.space).with_fidelity(tcfg.num_classes, tcfg.input_size)
     sampler = instantiate(cfg.sampler, seed=s.seed)
