@@ -248,8 +248,14 @@ class Cell:
     reused: bool
 
 
+# How a cell is run, not what it is: changing these does not make a new cell.
+_EXECUTION_KEYS = ("threads", "progress", "num_workers", "eval_batch_size")
+
+
 def _cell_hash(exp: Experiment, g: Genotype, tcfg: TrainConfig) -> str:
-    blob = json.dumps({"genotype": g.to_dict(), "train": tcfg.as_dict()}, sort_keys=True, default=str)
+    """Identity of a cell: its genotype and every training setting that can change its result."""
+    train = {k: v for k, v in tcfg.as_dict().items() if k not in _EXECUTION_KEYS}
+    blob = json.dumps({"genotype": g.to_dict(), "train": train}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -387,7 +393,7 @@ def write_results(exp: Experiment, result: dict[str, Any], results_dir: str | Pa
             "miou_2class: confusion-matrix mean over both classes. Checkpoint chosen on a held-out slice of the "
             "training list.",
             f"fidelity: {f['epochs']} epochs ({f['schedule']}, stage 1: {f['stage1_epochs']}), "
-            f"{f['input_size'][0]}x{f['input_size'][1]} input, {f['train_fraction']:g} of the training list. "
+            f"{f['input_size'][0]}x{f['input_size'][1]} input, {f['train_fraction']:.0%} of the training list. "
             "Not the papers' fidelity: compare rows, not absolute figures.",
         ]
     else:
