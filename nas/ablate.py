@@ -249,7 +249,7 @@ class Cell:
 
 
 # How a cell is run, not what it is: changing these does not make a new cell.
-_EXECUTION_KEYS = ("threads", "progress", "num_workers", "eval_batch_size")
+_EXECUTION_KEYS = ("threads", "progress", "num_workers", "eval_batch_size", "channels_last", "compile")
 
 
 def _cell_hash(exp: Experiment, g: Genotype, tcfg: TrainConfig) -> str:

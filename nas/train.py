@@ -83,6 +83,11 @@ class TrainConfig:
         seed: one seed for weights, data order and augmentation.
         threads: torch intra-op threads (results are bit-identical only at a
             fixed thread count).
+        channels_last: NHWC memory format (oneDNN's fast path on CPU: ~15%
+            faster training steps here).
+        compile: ``torch.compile`` the training forward pass. Roughly 1.7x
+            faster steps on CPU, but a new architecture takes minutes to
+            compile: worth it for long runs, not for low-fidelity search trials.
     """
 
     epochs: int = 600
@@ -113,6 +118,8 @@ class TrainConfig:
     threads: int | None = None
     num_workers: int = 0
     progress: bool = True
+    channels_last: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
@@ -281,6 +288,11 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
+def _is_channels_last(model: nn.Module) -> bool:
+    w = next((m.weight for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
 def _targets_for(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     if logits.shape[-2:] == masks.shape[-2:]:
         return masks
@@ -299,8 +311,9 @@ def evaluate(model: nn.Module, arrays: SplitArrays, batch_size: int = 64) -> dic
     model.eval()
     metrics = SegmentationMetrics()
     loader = make_loader(SegmentationDataset.from_arrays(arrays), batch_size, shuffle=False)
+    fmt = torch.channels_last if _is_channels_last(model) else torch.contiguous_format
     for x, y in loader:
-        logits = model(x)
+        logits = model(x.contiguous(memory_format=fmt))
         metrics.update(logits, _targets_for(logits, y))
     model.train(was_training)
     return metrics.compute()
@@ -332,6 +345,9 @@ def _run_stage(
     loader = make_loader(ds, bs, shuffle=True, seed=cfg.seed * 1000 + stage, num_workers=cfg.num_workers)
     best, best_epoch, best_state = -math.inf, epoch_offset + epochs, None
     n_images, busy = 0, 0.0
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
+    forward = torch.compile(model) if cfg.compile else model
     for e in range(epochs):
         ds.set_epoch(e)
         model.train()
@@ -340,7 +356,7 @@ def _run_stage(
         bar = tqdm(loader, desc=f"stage {stage} epoch {e + 1}/{epochs}", leave=False, disable=not cfg.progress,
                    dynamic_ncols=True)
         for x, y in bar:
-            logits = model(x)
+            logits = forward(x.contiguous(memory_format=fmt))
             target = _targets_for(logits, y)
             loss = criterion(logits, target)
             if not torch.isfinite(loss):
