@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import hashlib
 import json
 import logging
@@ -46,6 +45,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from nas._filelock import file_lock
 from nas.cost import count_fvcore, genotype_cost, measure_latency
 from nas.report import FrontPoint, pareto_front
 from nas.tracking import FAILED, FINISHED, KILLED, Tracker
@@ -212,13 +212,8 @@ def slot_lock(storage_url: str, study_name: str) -> Iterator[None]:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 conn.commit()
     else:
-        path = storage_url.split("sqlite:///", 1)[-1] + ".lock"
-        with open(path, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with file_lock(storage_url.split("sqlite:///", 1)[-1] + ".lock"):
+            yield
 
 
 _engines: dict[str, Any] = {}

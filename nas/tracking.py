@@ -14,7 +14,6 @@ run carries the tags ``study``, ``trial``, ``state``, ``feasible``,
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import tempfile
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import torch
+
+from nas._filelock import file_lock
 
 __all__ = ["Tracker", "default_tracking_uri", "RUNNING", "FINISHED", "FAILED", "KILLED"]
 
@@ -42,17 +43,10 @@ def _sqlite_init_lock(uri: str) -> Iterator[None]:
     if not path or path == ":memory:":
         yield
         return
-    try:
-        fh = open(path + ".lock", "a")
-    except OSError:  # a folder that does not exist: MLflow's own error says which
+    with contextlib.ExitStack() as stack:
+        with contextlib.suppress(OSError):  # a folder that does not exist: MLflow's own error says which
+            stack.enter_context(file_lock(path + ".lock"))
         yield
-        return
-    with fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def default_tracking_uri() -> str:
