@@ -49,7 +49,7 @@ from nas._filelock import file_lock
 from nas.cost import count_fvcore, genotype_cost, measure_latency
 from nas.report import FrontPoint, pareto_front
 from nas.tracking import FAILED, FINISHED, KILLED, Tracker
-from nas.train import DataBundle, NonFiniteLossError, TrainConfig, train_genotype
+from nas.train import DataBundle, TrainConfig, train_genotype
 from search_spaces import Genotype, create_model, get_genotype
 from search_spaces.spaces import SearchSpace
 

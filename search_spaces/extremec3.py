@@ -10,7 +10,6 @@ segmentation", 2018; the EG1800 configuration of the authors' release
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .base import PortraitSegModel

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -17,7 +16,7 @@ def run_training(cfg: DictConfig) -> dict:
     from nas.checkpoint import save_checkpoint
     from nas.cost import cheap_cost
     from nas.tracking import FAILED, Tracker
-    from nas.train import NonFiniteLossError, load_data, train_config_from, train_genotype
+    from nas.train import load_data, train_config_from, train_genotype
     from search_spaces import create_model, get_genotype
 
     tcfg = train_config_from(cfg.train)
@@ -51,11 +50,7 @@ def run_training(cfg: DictConfig) -> dict:
 
     try:
         res = train_genotype(g, tcfg, data, on_epoch=on_epoch)
-    except NonFiniteLossError:
-        if tracker:
-            tracker.end_run(run_id, FAILED)
-        raise
-    except BaseException:
+    except BaseException:  # a non-finite loss, Ctrl-C, ...: the run is closed, not left RUNNING
         if tracker:
             tracker.end_run(run_id, FAILED)
         raise
