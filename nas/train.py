@@ -385,9 +385,8 @@ def _run_stage(
         if on_epoch is not None:
             on_epoch(rec)  # may raise (optuna.TrialPruned): nothing here catches it
         score = holdout if holdout is not None else float(e)  # no holdout: the last epoch wins
-        if stage == 2 or cfg.schedule == "single_stage":
-            if score > best:
-                best, best_epoch, best_state = score, epoch_offset + e + 1, copy.deepcopy(model.state_dict())
+        if stage == 2 and score > best:  # stage 1 (the encoder alone) is never the selected checkpoint
+            best, best_epoch, best_state = score, epoch_offset + e + 1, copy.deepcopy(model.state_dict())
     if best_state is None:
         best_state = copy.deepcopy(model.state_dict())
     return (best if data.holdout is not None and best > -math.inf else None), best_epoch, best_state, busy, n_images
