@@ -356,7 +356,7 @@ def _rows(exp: Experiment, costs: dict, cells: list[Cell], trained: bool) -> lis
         if trained:
             row.update(
                 miou_mean=means.get(v.name),
-                miou_std=statistics.stdev([c.miou for c in cs]) if len(cs) > 1 else (0.0 if cs else None),
+                miou_std=statistics.stdev([c.miou for c in cs]) if len(cs) > 1 else None,  # undefined for 1 seed
                 delta_miou=(means[v.name] - means[exp.baseline]) if v.name in means and exp.baseline in means else None,
                 miou_2class_mean=statistics.fmean(c.miou_2class for c in cs) if cs else None,
                 seeds=len(cs),
