@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import optuna
-from optuna.trial import TrialState
 
-from nas.report import FrontPoint, hypervolume_table, plot_fronts, write_front_csv, write_table
-from nas.study import engine_url, front_of
+from nas.report import hypervolume_table, plot_fronts, write_front_csv, write_table
+from nas.study import engine_url, front_of, trained_points
 
 __all__ = ["compare_studies"]
 
@@ -39,15 +38,11 @@ def compare_studies(names: Sequence[str], storage: str, reference: dict[str, flo
         st = optuna.load_study(study_name=n, storage=storage)
         trials = st.get_trials(deepcopy=False)
         fronts[n] = front_of(trials)
-        points[n] = [FrontPoint(f"trial {t.number}", t.user_attrs["miou"], t.user_attrs["params"],
-                                t.user_attrs["conv_macs"], t.number, t.user_attrs.get("archid"))
-                     for t in trials if t.state == TrialState.COMPLETE and "miou" in t.user_attrs]
+        points[n] = trained_points(trials)
         fidelities[n] = st.user_attrs.get("fidelity")
-        for t in trials:
-            r = t.user_attrs.get("reference")
-            if r and t.state == TrialState.COMPLETE and "miou" in t.user_attrs:
-                refs.setdefault((r, fidelities[n]), FrontPoint(r, t.user_attrs["miou"], t.user_attrs["params"],
-                                                              t.user_attrs["conv_macs"], t.number, t.user_attrs.get("archid")))
+        for p in points[n]:
+            if trials[p.trial].user_attrs.get("reference"):
+                refs.setdefault((p.label, fidelities[n]), p)
     same_fidelity = len(set(fidelities.values())) == 1
     references = [p for (r, fid), p in refs.items()] if same_fidelity else []
     ref = (reference["miou"], reference["params"], reference["conv_macs"])

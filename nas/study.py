@@ -54,7 +54,7 @@ from search_spaces import Genotype, create_model, get_genotype
 from search_spaces.spaces import SearchSpace
 
 __all__ = ["SearchSettings", "open_study", "check_storage", "engine_url", "slot_lock", "count_slots", "StudyWorker",
-           "front_of", "MODES"]
+           "front_of", "trained_points", "MODES"]
 
 log = logging.getLogger(__name__)
 # We drive heartbeats and stale-trial checks ourselves around an ask/tell loop.
@@ -259,16 +259,20 @@ def _feasible(t: FrozenTrial) -> bool:
     return all(v <= 0 for v in t.constraints.values())
 
 
-def front_of(trials: Sequence[FrozenTrial]) -> list[FrontPoint]:
-    """The Pareto front (max mIoU, min params, min MACs) of trained, feasible, complete trials."""
-    pts = [
+def trained_points(trials: Sequence[FrozenTrial], feasible_only: bool = False) -> list[FrontPoint]:
+    """Every complete, trained trial as a point (labelled by its reference name, if enqueued as one)."""
+    return [
         FrontPoint(label=t.user_attrs.get("reference") or f"trial {t.number}", miou=float(t.user_attrs["miou"]),
                    params=int(t.user_attrs["params"]), conv_macs=int(t.user_attrs["conv_macs"]), trial=t.number,
                    archid=t.user_attrs.get("archid"))
         for t in trials
-        if t.state == TrialState.COMPLETE and _feasible(t) and "miou" in t.user_attrs
+        if t.state == TrialState.COMPLETE and "miou" in t.user_attrs and (_feasible(t) or not feasible_only)
     ]
-    return pareto_front(pts)
+
+
+def front_of(trials: Sequence[FrozenTrial]) -> list[FrontPoint]:
+    """The Pareto front (max mIoU, min params, min MACs) of trained, feasible, complete trials."""
+    return pareto_front(trained_points(trials, feasible_only=True))
 
 
 class StudyWorker:
@@ -519,12 +523,8 @@ class StudyWorker:
                     with contextlib.suppress(Exception):
                         self.tracker.set_tags(rid, {"on_pareto_front": t.number in on_front})
         if front:
-            everything = [FrontPoint(f"trial {t.number}", t.user_attrs["miou"], t.user_attrs["params"],
-                                     t.user_attrs["conv_macs"], t.number, t.user_attrs.get("archid"))
-                          for t in trials if t.state == TrialState.COMPLETE and "miou" in t.user_attrs]
-            refs = [p for p in everything if (trials[p.trial].user_attrs.get("reference"))]
-            refs = [FrontPoint(trials[p.trial].user_attrs["reference"], p.miou, p.params, p.conv_macs, p.trial, p.archid)
-                    for p in refs]
+            everything = trained_points(trials)
+            refs = [p for p in everything if trials[p.trial].user_attrs.get("reference")]
             png, html = plot_fronts({self.s.name: front}, out / "pareto.png", out / "pareto.html", references=refs,
                                     all_points={self.s.name: everything}, title=f"{self.s.name}: Pareto front")
             csv = write_front_csv(front, out / "pareto.csv")
