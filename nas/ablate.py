@@ -44,9 +44,9 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from nas.augment import AugmentConfig
 from nas.cost import genotype_cost
 from nas.report import write_table
+from nas.rungs import apply_overrides
 from nas.train import DataBundle, TrainConfig, load_data, train_genotype
 from search_spaces import Genotype, genotype_from_dict, get_genotype
 
@@ -203,24 +203,7 @@ def apply_edits(data: dict[str, Any], edits: Sequence[dict[str, Any]], where: st
 
 def variant_train_config(base: TrainConfig, exp: Experiment, v: Variant, fidelity: dict | None = None) -> TrainConfig:
     """``base`` <- experiment base.train <- variant.train <- fidelity overrides (non-null only)."""
-    merged = base.as_dict()
-    for layer in (exp.train, v.train, {k: val for k, val in (fidelity or {}).items() if val is not None}):
-        for k, val in layer.items():
-            if k not in merged:
-                raise ValueError(f"unknown train key {k!r}; allowed: {sorted(merged)}")
-            if k == "augment":
-                aug = dict(merged["augment"])
-                bad = sorted(set(val) - set(aug))
-                if bad:
-                    raise ValueError(f"unknown train.augment key(s) {bad}; allowed: {sorted(aug)}")
-                aug.update(val)
-                merged["augment"] = aug
-            else:
-                merged[k] = val
-    merged["augment"] = AugmentConfig(**{k: tuple(x) if isinstance(x, list) else x for k, x in merged["augment"].items()})
-    for k in ("input_size", "betas", "milestones"):
-        merged[k] = tuple(merged[k])
-    return TrainConfig(**merged)
+    return apply_overrides(base, exp.train, v.train, fidelity)
 
 
 def variant_genotype(exp: Experiment, v: Variant, tcfg: TrainConfig) -> Genotype:

@@ -1,0 +1,98 @@
+"""The fidelity ladder: named rungs, each a plain config in ``conf/fidelity/<name>.yaml``.
+
+A rung is a set of training overrides (``epochs``, ``input_size``,
+``train_fraction``, ``augment``, ``schedule``, ``lr``, ...) on top of the
+recipe: a researcher adds a rung by adding a YAML file, no code. The same
+files are Hydra's ``fidelity`` config group (``nas-train fidelity=session``),
+the rungs of ``nas-fidelity`` and of multi-fidelity searches.
+
+Example:
+    >>> "search" in rung_names() and "session" in rung_names()
+    True
+    >>> load_rung("search")["epochs"]
+    2
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+__all__ = ["rung_names", "load_rung", "apply_overrides", "rung_config"]
+
+
+def _rung_dir() -> Path:
+    return Path(str(resources.files("conf") / "fidelity"))
+
+
+def rung_names() -> list[str]:
+    """The shipped rungs (the files of ``conf/fidelity/``), sorted by name."""
+    return sorted(p.stem for p in _rung_dir().glob("*.yaml"))
+
+
+def load_rung(name: str) -> dict[str, Any]:
+    """The training overrides of rung ``name`` (a shipped name or a path to a ``.yaml``).
+
+    Raises:
+        FileNotFoundError: no such rung (the message lists the shipped ones).
+        ValueError: the file is not a YAML mapping (the message names it).
+    """
+    p = Path(name) if str(name).endswith((".yaml", ".yml")) else _rung_dir() / f"{name}.yaml"
+    if not p.is_file():
+        raise FileNotFoundError(f"fidelity rung {name!r} not found ({p}); shipped rungs: {rung_names()}")
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{p}: expected a mapping of train keys, got {type(d).__name__}")
+    return d
+
+
+def apply_overrides(base: Any, *layers: Mapping[str, Any] | None, where: str = "train") -> Any:
+    """``base`` (a :class:`nas.train.TrainConfig`) with each layer of overrides applied in order.
+
+    ``augment`` is merged key by key; lists become tuples; ``None`` values are
+    skipped (so an unset command-line override changes nothing).
+
+    Raises:
+        ValueError: an unknown key (the message names it and ``where``).
+    """
+    from nas.augment import AugmentConfig
+
+    merged = base.as_dict()
+    for layer in layers:
+        for k, val in (layer or {}).items():
+            if val is None:
+                continue
+            if k not in merged:
+                raise ValueError(f"unknown {where} key {k!r}; allowed: {sorted(merged)}")
+            if k == "augment":
+                aug = dict(merged["augment"])
+                bad = sorted(set(val) - set(aug))
+                if bad:
+                    raise ValueError(f"unknown {where}.augment key(s) {bad}; allowed: {sorted(aug)}")
+                aug.update(val)
+                merged["augment"] = aug
+            else:
+                merged[k] = val
+    merged["augment"] = AugmentConfig(**{k: tuple(x) if isinstance(x, list) else x
+                                         for k, x in merged["augment"].items()})
+    for k in ("input_size", "betas", "milestones"):
+        merged[k] = tuple(merged[k])
+    return type(base)(**merged)
+
+
+def rung_config(base: Any, name: str, **changes: Any) -> Any:
+    """``base`` at rung ``name`` (then ``changes``, e.g. ``seed=1``).
+
+    Raises:
+        FileNotFoundError, ValueError: from :func:`load_rung` / :func:`apply_overrides`,
+            naming the rung file.
+    """
+    cfg = apply_overrides(base, load_rung(name), where=f"fidelity/{name}")
+    return replace(cfg, **changes) if changes else cfg
