@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
+from mlflow.tracking import MlflowClient
 
 from nas.fidelity import FidelitySettings, sample_architectures
 from search_spaces import get_genotype
@@ -72,8 +72,9 @@ def test_killed_study_reruns_without_retraining_a_finished_cell(workdir: Path) -
     finally:
         if proc.poll() is None:
             proc.kill()
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    before = mlflow.search_runs(experiment_names=["nas-fidelity"], output_format="list")
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])  # not mlflow.set_tracking_uri: process-wide
+    exp_id = client.get_experiment_by_name("nas-fidelity").experiment_id
+    before = client.search_runs([exp_id])
     done_before = {r.data.tags["cell"] for r in before if r.info.status == "FINISHED"}
     assert len(done_before) >= 3  # two proxy cells and at least one trained cell
 
@@ -83,8 +84,7 @@ def test_killed_study_reruns_without_retraining_a_finished_cell(workdir: Path) -
     out = json.loads(log2.read_text().strip().splitlines()[-1])
     assert out["complete"] and out["cells_done"] == out["cells_planned"] == 6
     assert out["n_archs"] == 2 and [r["name"] for r in out["rungs"]][-2:] == [low, top]
-    runs = [r for r in mlflow.search_runs(experiment_names=["nas-fidelity"], output_format="list")
-            if r.data.tags.get("kind") == "fidelity"]
+    runs = [r for r in client.search_runs([exp_id]) if r.data.tags.get("kind") == "fidelity"]
     finished = [r.data.tags["cell"] for r in runs if r.info.status == "FINISHED"]
     assert sorted(set(finished)) == sorted(finished) and len(finished) == 6  # no finished cell trained twice
     assert out["cells_trained"] + out["cells_reused"] == 6 - len(done_before)
