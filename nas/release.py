@@ -235,3 +235,64 @@ def write_release_checkpoint(path: str | Path, output: str | Path, model: str | 
                           metrics={})
     return {"checkpoint": str(out), "model": info["model"], "num_classes": info["num_classes"],
             "params": info["params"]}
+
+
+def _raw_input_consumers(model: torch.nn.Module) -> tuple[list[tuple[str, str | None]], list[tuple[str, str, int, str]]]:
+    """Layers that read the raw image: ``(conv, bn_after or None)`` and ``(bn, prelu, first slot, next conv)``."""
+    g = model.genotype
+    if g.family == "sinet":
+        return [("encoder.stem.0", "encoder.stem.1")], []
+    convs: list[tuple[str, str | None]] = [("encoder.stem.0", "encoder.stem.1")]
+    if getattr(model, "fine", None) is not None:
+        convs.append(("fine.0", None))
+    slots = [("encoder.stem_merge.0", "encoder.stem_merge.1", g.stem_channels, "encoder.stages.0.0.reduce")]
+    for si, st in enumerate(g.stages):
+        if st.inject_input:
+            if si + 1 >= len(g.stages):
+                raise ValueError(f"adapt_input: stage {si} injects the input but is the last stage (not supported)")
+            slots.append((f"encoder.merges.{si}.0", f"encoder.merges.{si}.1", 2 * st.width,
+                          f"encoder.stages.{si + 1}.0.reduce"))
+    return convs, slots
+
+
+@torch.no_grad()
+def adapt_input(model: torch.nn.Module, src, dst) -> torch.nn.Module:
+    """Rewrite, in place, the layers that read the raw image so that ``model`` fed ``dst`` input
+    computes what it computed fed ``src`` input (``src``, ``dst``: :class:`nas.preprocess.Preprocessing`).
+
+    Both are per-channel affine maps of the same pixels, ``x_src[c] = a[c] x_dst[perm[c]] + b[c]``:
+    a conv reading the image gets its input channels permuted and scaled, its constant offset moved
+    into the BN after it (exact away from the zero-padded border; with no BN after it, as in
+    ExtremeC3Net's fine branch, the offset is dropped: |b| < 1e-5 for ours vs the release's, whose
+    means agree to 0.3 grey levels); a BN reading the pooled image (ExtremeC3Net's input pyramid)
+    gets its slots permuted with their running statistics rescaled (exact in eval mode), and the
+    conv after it its input channels permuted. Fine-tuning an imported release network with our
+    data pipeline (``nas-train ... init=``) starts from this.
+
+    Raises:
+        ValueError: a genotype whose raw-image consumers are not known here.
+    """
+    if src == dst:
+        return model
+    perm, a, b = dst.affine_from(src)
+    mods = dict(model.named_modules())
+    for conv_name, bn_name in _raw_input_consumers(model)[0]:
+        w = mods[conv_name].weight
+        old = w.clone()
+        for c in range(3):
+            w[:, perm[c]] = old[:, c] * float(a[c])
+        if bn_name is not None:
+            offset = sum(old[:, c].sum(dim=(1, 2)) * float(b[c]) for c in range(3))
+            mods[bn_name].running_mean -= offset
+    for bn_name, act_name, start, next_conv in _raw_input_consumers(model)[1]:
+        bn, act, nxt = mods[bn_name], mods[act_name], mods[next_conv].weight
+        saved = {k: t[start:start + 3].clone() for k, t in (("g", bn.weight), ("be", bn.bias), ("m", bn.running_mean),
+                                                              ("v", bn.running_var), ("p", act.weight))}
+        nxt_old = nxt[:, start:start + 3].clone()
+        for c in range(3):
+            j = start + perm[c]
+            bn.weight[j], bn.bias[j], act.weight[j] = saved["g"][c], saved["be"][c], saved["p"][c]
+            bn.running_mean[j] = (saved["m"][c] - float(b[c])) / float(a[c])
+            bn.running_var[j] = (saved["v"][c] + bn.eps) / float(a[c]) ** 2 - bn.eps
+            nxt[:, j] = nxt_old[:, c]
+    return model

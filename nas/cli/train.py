@@ -80,19 +80,16 @@ def main(cfg: DictConfig) -> None:
 
 @hydra_app("eval")
 def eval_main(cfg: DictConfig) -> None:
-    from nas.checkpoint import load_checkpoint
-    from nas.data import load_split_arrays
-    from nas.train import evaluate
+    from nas.predict import evaluate_checkpoint
 
-    model, meta = load_checkpoint(cfg.checkpoint)
-    size = tuple(cfg.input_size or meta["genotype"].input_size)
-    arrays = load_split_arrays(cfg.data.root, cfg.split, size, cache_dir=cfg.data.cache_dir,
-                               fraction=cfg.data.val_fraction)
-    m = evaluate(model, arrays, cfg.batch_size)
-    print(f"{cfg.checkpoint}: {cfg.split} {len(arrays)} images at {size[0]}x{size[1]}: "
+    m = evaluate_checkpoint(cfg.checkpoint, cfg.data.root, cfg.split, cfg.input_size, cfg.batch_size,
+                            cache_dir=cfg.data.cache_dir, fraction=cfg.data.val_fraction)
+    size = m["input_size"]
+    print(f"{cfg.checkpoint}: {cfg.split} {m['images']} images at {size[0]}x{size[1]} "
+          f"({m['preprocessing']['channel_order']}, resize {m['preprocessing']['resize']}): "
           f"mIoU (foreground IoU per image) {m['miou']:.2f}, 2-class confusion mIoU {m['miou_2class']:.2f}")
-    print_json_line({"miou": m["miou"], "miou_2class": m["miou_2class"], "images": len(arrays),
-                     "skipped_ids": len(arrays.skipped_ids), "input_size": list(size)})
+    print_json_line({"miou": m["miou"], "miou_2class": m["miou_2class"], "images": m["images"],
+                     "skipped_ids": m["skipped_ids"], "input_size": size})
 
 
 @hydra_app("predict")
