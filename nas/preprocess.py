@@ -35,7 +35,7 @@ import torch
 
 from nas.data import MEAN_RGB, STD_RGB
 
-__all__ = ["Preprocessing", "OURS", "RELEASE", "load_eval_images"]
+__all__ = ["OURS", "RELEASE", "Preprocessing", "load_eval_images"]
 
 _ORDERS = ("RGB", "BGR")
 # channel index -> colour index (0 = R, 1 = G, 2 = B) for each order

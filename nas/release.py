@@ -25,8 +25,14 @@ import torch
 from nas.preprocess import RELEASE
 from search_spaces import create_model, get_genotype
 
-__all__ = ["ReleaseImportError", "release_key_map", "detect_release_model", "load_release_state",
-           "import_release", "write_release_checkpoint"]
+__all__ = [
+    "ReleaseImportError",
+    "detect_release_model",
+    "import_release",
+    "load_release_state",
+    "release_key_map",
+    "write_release_checkpoint",
+]
 
 # A key only one of the two networks has: how a file tells which network it holds.
 _SIGNATURE = {"sinet": "encoder.level2_0.conv.1.dense.0.weight", "extremec3net": "encoder.b1.bn.weight"}
