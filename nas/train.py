@@ -195,7 +195,6 @@ class TrainConfig:
             "stage1_epochs": self.stage1_epochs_resolved,
             "input_size": list(self.input_size),
             "train_fraction": self.train_fraction,
-            "selection": self.selection,
         }
 
     def as_dict(self) -> dict[str, Any]:
