@@ -108,8 +108,11 @@ def boundary_band(target: torch.Tensor, window: int, ignore_index: int = 255) ->
 
 
 def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor,
-                 ignore_index: int = 255) -> torch.Tensor:
+                 ignore_index: int = 255, per_image: bool = True) -> torch.Tensor:
     """Binary Lovasz hinge (Berman et al. 2018), per image, averaged over the batch.
+
+    With ``per_image=False`` the whole batch is one flattened image (the release's ExtremeC3Net
+    training, ``per_img=False``): one sort over N*H*W pixels.
 
     Per image: hinge errors ``m = 1 - s * sign`` (sign +1 foreground, -1 background) over the
     valid pixels, sorted in decreasing order, then ``loss = <relu(m_sorted), g>`` where ``g``
@@ -127,7 +130,7 @@ def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor,
     Returns:
         scalar tensor.
     """
-    n = logits.shape[0]
+    n = logits.shape[0] if per_image else 1
     s = logits.reshape(n, -1)
     t = target.reshape(n, -1)
     valid = t != ignore_index
@@ -178,6 +181,8 @@ class SegmentationLoss(torch.nn.Module):
             resolution, 5 for stage-1 labels at 1/8 or 1/4 resolution).
         boundary_weight: weight of the boundary term (0.5 in the release).
         ignore_index: label ignored by both terms.
+        lovasz_per_image: the Lovasz hinge per image, averaged (True), or over the whole batch
+            flattened (False, as the release trains ExtremeC3Net).
 
     The boundary term is the same loss on a copy of the target whose pixels outside
     ``boundary_band(target, boundary_window)`` are set to ``ignore_index``. For ``"ce"`` it is
@@ -194,7 +199,7 @@ class SegmentationLoss(torch.nn.Module):
 
     def __init__(self, kind: str = "ce", class_weights: torch.Tensor | None = None,
                  boundary: bool = True, boundary_window: int = 15,
-                 boundary_weight: float = 0.5, ignore_index: int = 255):
+                 boundary_weight: float = 0.5, ignore_index: int = 255, lovasz_per_image: bool = True):
         super().__init__()
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {_KINDS}, got kind={kind!r}")
@@ -205,6 +210,7 @@ class SegmentationLoss(torch.nn.Module):
         self.boundary_window = _check_window(boundary_window)
         self.boundary_weight = float(boundary_weight)
         self.ignore_index = int(ignore_index)
+        self.lovasz_per_image = bool(lovasz_per_image)
         if class_weights is not None:
             class_weights = torch.as_tensor(class_weights, dtype=torch.float32).flatten()
         self.register_buffer("class_weights", class_weights)
@@ -234,7 +240,7 @@ class SegmentationLoss(torch.nn.Module):
         if self.kind == "ce":
             w = None if self.class_weights is None else self.class_weights.to(logits)
             return _weighted_ce(logits, target, w, self.ignore_index)
-        return lovasz_hinge(logits[:, 0], target, self.ignore_index)
+        return lovasz_hinge(logits[:, 0], target, self.ignore_index, per_image=self.lovasz_per_image)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         self._check(logits, target)

@@ -1,4 +1,9 @@
-"""Inference on image files: a binary mask PNG and an overlay PNG per image."""
+"""Inference with a checkpoint: on image files (a mask PNG and an overlay PNG each) and on a split.
+
+Both feed the network through the checkpoint's own :class:`nas.preprocess.Preprocessing`
+(channel order, mean, std, scale and resize), so an imported release checkpoint gets the
+release's input and a checkpoint of ``nas-train`` ours.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,9 @@ import torch
 from PIL import Image
 
 from nas.checkpoint import load_checkpoint
-from nas.data import MEAN_RGB, STD_RGB
+from nas.preprocess import OURS, Preprocessing, load_eval_images
 
-__all__ = ["predict_files", "predict_image"]
+__all__ = ["predict_files", "predict_image", "evaluate_checkpoint"]
 
 _EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -34,16 +39,55 @@ def _expand(inputs: Sequence[str]) -> list[Path]:
 
 
 @torch.no_grad()
-def predict_image(model: torch.nn.Module, image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def predict_image(model: torch.nn.Module, image: np.ndarray, size: tuple[int, int],
+                  preprocessing: Preprocessing = OURS) -> np.ndarray:
     """Person mask of one RGB uint8 H x W x 3 image: uint8 H x W in {0, 1}.
 
-    The image is resized to ``size`` (area), scored, and the mask resized back (nearest).
+    The image is resized to ``size`` = (h, w) and normalised as ``preprocessing`` says, scored,
+    and the mask resized back to H x W (nearest).
     """
     h, w = image.shape[:2]
-    x = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA).astype(np.float32)
-    x = (x - np.asarray(MEAN_RGB, np.float32)) / np.asarray(STD_RGB, np.float32)
-    pred = model.predict(torch.from_numpy(x.transpose(2, 0, 1)).unsqueeze(0))[0].numpy().astype(np.uint8)
+    x = preprocessing.apply(preprocessing.resize_image(image, size)[None])
+    pred = model.predict(x)[0].numpy().astype(np.uint8)
     return cv2.resize(pred, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+@torch.no_grad()
+def evaluate_checkpoint(checkpoint: str | Path, root=None, split: str = "val", input_size=None, batch_size: int = 64,
+                        cache_dir=None, fraction: float = 1.0, return_predictions: bool = False) -> dict:
+    """Score a checkpoint on an EG1800 split with its own preprocessing (what ``nas-eval`` runs).
+
+    Labels are nearest-resized to ``input_size`` (default: the genotype's); the metric is
+    :class:`nas.metrics.SegmentationMetrics` (``miou`` = foreground IoU per image, x100).
+
+    Returns:
+        the metrics plus ``images``, ``skipped_ids``, ``input_size``, ``ids`` and, with
+        ``return_predictions``, ``predictions`` (uint8 N x h x w in {0, 1}).
+
+    Raises:
+        FileNotFoundError, ValueError: a bad checkpoint or data file (named).
+    """
+    from nas.data import load_split_arrays
+    from nas.metrics import SegmentationMetrics, predictions_from_logits
+
+    model, meta = load_checkpoint(checkpoint)
+    pre: Preprocessing = meta["preprocessing"]
+    size = tuple(int(v) for v in (input_size or meta["genotype"].input_size))
+    arrays = load_split_arrays(root, split, size, cache_dir=cache_dir, fraction=fraction)
+    images = load_eval_images(pre, arrays.ids, root, size, cached=arrays.images)
+    metrics, preds = SegmentationMetrics(), []
+    for s in range(0, len(arrays), batch_size):
+        logits = model(pre.apply(images[s:s + batch_size]))
+        target = torch.from_numpy(arrays.masks[s:s + batch_size]).long()
+        metrics.update(logits, target)
+        if return_predictions:
+            preds.append(predictions_from_logits(logits).numpy().astype(np.uint8))
+    out = metrics.compute()
+    out.update(images=len(arrays), skipped_ids=len(arrays.skipped_ids), input_size=list(size), ids=list(arrays.ids),
+               preprocessing=pre.to_dict())
+    if return_predictions:
+        out["predictions"] = np.concatenate(preds) if preds else np.zeros((0, *size), np.uint8)
+    return out
 
 
 def predict_files(checkpoint: str, inputs: Sequence[str], out_dir: str, input_size=None) -> list[tuple[Path, Path, Path]]:
@@ -64,7 +108,7 @@ def predict_files(checkpoint: str, inputs: Sequence[str], out_dir: str, input_si
                 image = np.asarray(im.convert("RGB"))
         except Exception as exc:
             raise ValueError(f"cannot read image {p}: {exc}") from None
-        mask = predict_image(model, image, size)
+        mask = predict_image(model, image, size, meta["preprocessing"])
         overlay = image.copy()
         red = np.array([255, 0, 0], np.float32)
         overlay[mask == 1] = (0.5 * overlay[mask == 1] + 0.5 * red).astype(np.uint8)

@@ -10,8 +10,12 @@ weights with a fresh optimiser.
 Fidelity knobs a search turns down: ``epochs`` (and ``stage1_epochs``),
 ``input_size`` and ``train_fraction``.
 
-Checkpoint selection is on a held-out slice of the *training* list
-(``holdout_fraction``), never on the validation list that is reported.
+Checkpoint selection (``selection``) is on a held-out slice of the
+*training* list (``holdout``, the default), the last epoch on every training
+image (``last``), or the release's protocol (``val_best``: the best epoch on
+the reported validation list after 60% of a stage's epochs; every result made
+so is tagged ``optimistic``). Stage 2 starts from the best stage-1 epoch by
+the same score (``stage1_handoff=best``, as the release) or the last one.
 
 Data flow: genotype -> :func:`train_genotype` (this module) -> metrics; the
 study and the command-line tools add tracking around it through the
@@ -53,6 +57,9 @@ __all__ = [
 ]
 
 
+SELECTIONS = ("holdout", "last", "val_best")
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run stops with this error.
 
@@ -87,6 +94,20 @@ class TrainConfig:
         compile: ``torch.compile`` the training forward pass. Roughly 1.7x
             faster steps on CPU, but a new architecture takes minutes to
             compile: worth it for long runs, not for low-fidelity search trials.
+        recipe: the name of the per-model recipe these values came from
+            (``conf/recipe/``: ``sinet``, ``extremec3net``, ``release``).
+        lovasz_per_image: the Lovasz hinge per image and averaged (True), or
+            over the whole batch flattened (False, the release's ExtremeC3Net).
+        stage1_handoff: ``best`` (the release: stage 2 starts from the best
+            stage-1 epoch by the selection score) or ``last``.
+        selection: ``holdout`` | ``last`` | ``val_best`` (see the module doc);
+            ``val_best`` results are ``optimistic``.
+        val_best_after: the fraction of a stage's epochs after which
+            ``val_best`` considers an epoch (the release: 0.6).
+        init: a checkpoint (``nas-train`` or ``nas-import``) whose weights
+            start the training; its network must be the one trained. A
+            checkpoint with other preprocessing (the release's) is adapted
+            to ours first (:func:`nas.release.adapt_input`).
     """
 
     epochs: int = 600
@@ -119,6 +140,12 @@ class TrainConfig:
     progress: bool = True
     channels_last: bool = True
     compile: bool = False
+    recipe: str = "release"
+    lovasz_per_image: bool = True
+    stage1_handoff: str = "best"
+    selection: str = "holdout"
+    val_best_after: float = 0.6
+    init: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
@@ -135,6 +162,12 @@ class TrainConfig:
                     f"train.stage1_epochs={self.stage1_epochs} with epochs={self.epochs}: two_stage needs "
                     "1 <= stage1_epochs < epochs (and epochs >= 2)"
                 )
+        if self.stage1_handoff not in ("best", "last"):
+            raise ValueError(f"train.stage1_handoff={self.stage1_handoff!r}; allowed: best, last")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"train.selection={self.selection!r}; allowed: {', '.join(SELECTIONS)}")
+        if not 0.0 <= self.val_best_after < 1.0:
+            raise ValueError(f"train.val_best_after={self.val_best_after}; allowed: [0, 1)")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"train.holdout_fraction={self.holdout_fraction}; allowed: [0, 1)")
 
@@ -143,6 +176,11 @@ class TrainConfig:
         if self.schedule == "single_stage":
             return 0
         return self.stage1_epochs if self.stage1_epochs is not None else self.epochs // 2
+
+    @property
+    def optimistic(self) -> bool:
+        """True when the reported validation list also picked the checkpoint (``selection=val_best``)."""
+        return self.selection == "val_best"
 
     @property
     def num_classes(self) -> int:
@@ -203,6 +241,13 @@ class TrainResult:
     history: list[EpochRecord]
     best_state: dict[str, torch.Tensor] = field(repr=False)
     genotype: Genotype | None = field(default=None, repr=False)
+    selection: str = "holdout"
+    stage1_epoch: int | None = None
+
+    @property
+    def optimistic(self) -> bool:
+        """Picked on the reported validation list (``selection=val_best``): an optimistic figure."""
+        return self.selection == "val_best"
 
     def summary(self) -> dict[str, Any]:
         """The JSON line of ``nas-train``."""
@@ -218,6 +263,9 @@ class TrainResult:
             "best_epoch": self.best_epoch,
             "holdout_images": self.holdout_images,
             "dropped_duplicates": self.dropped_duplicates,
+            "selection": self.selection,
+            "optimistic": self.optimistic,
+            "stage1_epoch": self.stage1_epoch,
         }
 
 
@@ -251,7 +299,7 @@ def load_data(
                             progress=progress)
     _warn_skipped(root, (train, val))
     holdout = None
-    if cfg.holdout_fraction > 0:
+    if cfg.holdout_fraction > 0 and cfg.selection == "holdout":  # last / val_best train on every image
         tr_ids, ho_ids = split_holdout(train.ids, cfg.holdout_fraction, seed=cfg.seed)
         train, holdout = train.select(tr_ids), train.select(ho_ids)
     return DataBundle(train, holdout, val, skipped_ids=len(train.skipped_ids) + len(val.skipped_ids))
@@ -332,7 +380,7 @@ def _run_stage(
     window = cfg.boundary_window_stage1 if stage == 1 else cfg.boundary_window
     criterion = SegmentationLoss(
         kind=cfg.loss, class_weights=class_weights, boundary=cfg.boundary, boundary_window=window,
-        boundary_weight=cfg.boundary_weight,
+        boundary_weight=cfg.boundary_weight, lovasz_per_image=cfg.lovasz_per_image,
     )
     opt = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas))
     milestones = sorted({max(1, round(f * epochs)) for f in cfg.milestones if round(f * epochs) < epochs})
@@ -384,12 +432,29 @@ def _run_stage(
         history.append(rec)
         if on_epoch is not None:
             on_epoch(rec)  # may raise (optuna.TrialPruned): nothing here catches it
-        score = holdout if holdout is not None else float(e)  # no holdout: the last epoch wins
-        if stage == 2 and score > best:  # stage 1 (the encoder alone) is never the selected checkpoint
+        score = _selection_score(model, stage, e, epochs, holdout, data, cfg)
+        if score is not None and score > best:
             best, best_epoch, best_state = score, epoch_offset + e + 1, copy.deepcopy(model.state_dict())
     if best_state is None:
         best_state = copy.deepcopy(model.state_dict())
     return (best if data.holdout is not None and best > -math.inf else None), best_epoch, best_state, busy, n_images
+
+
+def _selection_score(model: nn.Module, stage: int, e: int, epochs: int, holdout: float | None, data: DataBundle,
+                     cfg: TrainConfig) -> float | None:
+    """The score an epoch is kept by (higher wins, ties keep the earlier), or None if it cannot be kept.
+
+    ``holdout``: the holdout mIoU (no holdout slice: the epoch index, so the last wins); ``last``:
+    the epoch index; ``val_best``: the validation mIoU once ``e + 1 > val_best_after * epochs``.
+    In stage 1, ``stage1_handoff=last`` keeps the last epoch whatever the selection.
+    """
+    if cfg.selection == "last" or (stage == 1 and cfg.stage1_handoff == "last"):
+        return float(e)
+    if cfg.selection == "val_best":
+        if e + 1 <= cfg.val_best_after * epochs:
+            return None
+        return evaluate(model, data.val, cfg.eval_batch_size)["miou"]
+    return holdout if holdout is not None else float(e)
 
 
 def train_genotype(
@@ -431,14 +496,20 @@ def train_genotype(
         history: list[EpochRecord] = []
         busy, n_images = 0.0, 0
         s1 = cfg.stage1_epochs_resolved
+        stage1_epoch = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GateWarning)  # warned once by the caller's create_model
             model = create_model(g)
+            if cfg.init:
+                model.load_state_dict(init_state(cfg.init, g))
             if s1:
                 encoder = create_model(g.replace(encoder_only=True))
-                _, _, _, b, n = _run_stage(encoder, 1, s1, 0, data, cfg, class_weights, on_epoch, history)
+                encoder.load_state_dict(model.state_dict(), strict=False)  # init weights (or fresh ones) for both
+                _, stage1_epoch, s1_state, b, n = _run_stage(encoder, 1, s1, 0, data, cfg, class_weights, on_epoch,
+                                                             history)
                 busy, n_images = busy + b, n_images + n
-                model.load_state_dict(encoder.state_dict(), strict=False)
+                # stage_1 handoff: the best stage-1 epoch by the selection score (or the last one)
+                model.load_state_dict(s1_state, strict=False)
         holdout, best_epoch, best_state, b, n = _run_stage(
             model, 2, cfg.epochs - s1, s1, data, cfg, class_weights, on_epoch, history
         )
@@ -452,8 +523,30 @@ def train_genotype(
         epochs=cfg.epochs, train_images=len(data.train), holdout_images=len(data.holdout) if data.holdout else 0,
         val_images=len(data.val), skipped_ids=data.skipped_ids,
         dropped_duplicates=len(data.train.dropped_duplicate_ids), images_per_s=n_images / busy if busy else 0.0,
-        train_seconds=busy, history=history, best_state=best_state, genotype=g,
+        train_seconds=busy, history=history, best_state=best_state, genotype=g, selection=cfg.selection,
+        stage1_epoch=stage1_epoch,
     )
+
+
+def init_state(path: str, genotype: Genotype) -> dict[str, torch.Tensor]:
+    """The weights of checkpoint ``path`` for ``genotype``, adapted to our preprocessing.
+
+    Raises:
+        FileNotFoundError: no such checkpoint.
+        ValueError: an unreadable checkpoint, or one of another architecture or class count (the
+            message names both archids / class counts).
+    """
+    from nas.checkpoint import load_checkpoint
+    from nas.preprocess import OURS
+    from nas.release import adapt_input
+
+    model, meta = load_checkpoint(path)
+    src = meta["genotype"]
+    if src.archid() != genotype.replace(input_size=src.input_size).archid():
+        raise ValueError(f"train.init={path}: its network ({src.family}, archid {src.archid()}, "
+                         f"{src.num_classes} classes) is not the one trained ({genotype.family}, archid "
+                         f"{genotype.archid()}, {genotype.num_classes} classes); check model= and train.loss")
+    return adapt_input(model, meta["preprocessing"], OURS).state_dict()
 
 
 def train_config_from(node: Any) -> TrainConfig:

@@ -4,6 +4,11 @@ Shapes are given for an input of N x C x H x W. Conventions of the authors'
 release (``../shared/REFERENCE.md``): every conv is bias-free, BatchNorm2d uses
 eps=1e-3, PReLU has one slope per channel.
 
+ExtremeC3Net's release leaves three kinds of BatchNorm at PyTorch's default
+eps=1e-5 (``C3_DEFAULT_BN_EPS``): the two BNs of every C3 block's concentration
+stage and the BN of the coarse branch. Counts do not see it; the released
+weights do (REFERENCE.md, "Common pieces").
+
 Sources:
     SINet: Park et al., "SINet: Extreme Lightweight Portrait Segmentation
     Networks with Spatial Squeeze Modules and Information Blocking Decoder",
@@ -23,6 +28,7 @@ from .genotype import BranchSpec
 
 __all__ = [
     "BN_EPS",
+    "C3_DEFAULT_BN_EPS",
     "CBR",
     "BR",
     "SqueezeExcite",
@@ -37,6 +43,8 @@ __all__ = [
 ]
 
 BN_EPS = 1e-3
+# PyTorch's default, kept by the release in ExtremeC3Net's concentration-stage and coarse-branch BNs.
+C3_DEFAULT_BN_EPS = 1e-5
 
 
 def upsample(x: torch.Tensor, scale: int, align_corners: bool) -> torch.Tensor:
@@ -183,10 +191,10 @@ class C3Block(nn.Module):
             ck = 2 * d - 1
             layers += [
                 nn.Conv2d(c_in, c_in, (ck, 1), 1, (d - 1, 0), groups=c_in, bias=False),
-                nn.BatchNorm2d(c_in, eps=BN_EPS),
+                nn.BatchNorm2d(c_in, eps=C3_DEFAULT_BN_EPS),
                 nn.PReLU(c_in),
                 nn.Conv2d(c_in, c_in, (1, ck), 1, (0, d - 1), groups=c_in, bias=False),
-                nn.BatchNorm2d(c_in, eps=BN_EPS),
+                nn.BatchNorm2d(c_in, eps=C3_DEFAULT_BN_EPS),
             ]
         layers += [
             nn.Conv2d(c_in, c_in, k, 1, d * (k - 1) // 2, dilation=d, groups=c_in, bias=False),

@@ -13,27 +13,35 @@ import torch
 from torch import nn
 
 from .base import PortraitSegModel
-from .blocks import BN_EPS, BR, CBR, AdvancedC3Module, upsample
+from .blocks import BR, C3_DEFAULT_BN_EPS, CBR, AdvancedC3Module, upsample
 from .genotype import BranchSpec, C3Genotype, C3ModuleSpec, C3Stage
 from .registry import register_family, register_model
 
-__all__ = ["ExtremeC3Net", "C3Encoder", "EXTREMEC3NET_EG1800"]
+__all__ = ["ExtremeC3Net", "C3Encoder", "EXTREMEC3NET_EG1800", "ALIGN_CORNERS", "input_projection"]
+
+# Every bilinear upsampling of the family is the release's UpsamplingBilinear2d (align_corners=True).
+# A constant of the family, not a genotype field: no search varies it, and weights depend on it.
+ALIGN_CORNERS = True
 
 
 def input_projection(times: int) -> nn.Sequential:
-    """The input image avg-pooled ``times`` times (3x3, stride 2, pad 1: ESPNet's pyramid).
+    """The input image avg-pooled ``times`` times with AvgPool2d(2, stride 2, no padding).
 
-    N x 3 x H x W -> N x 3 x H/2^times x W/2^times (ceil), as the release's
-    ``InputProjectionA``; the same rounding as a stride-2 3x3 conv.
+    N x 3 x H x W -> N x 3 x H/2^times x W/2^times (floor), as the release's
+    input pyramid (REFERENCE.md, "ExtremeC3Net", corrected: 2x2 stride 2, not
+    ESPNet's 3x3 with padding). Same parameter and MAC counts either way; the
+    released weights need this one.
     """
-    return nn.Sequential(*(nn.AvgPool2d(3, 2, 1) for _ in range(times)))
+    return nn.Sequential(*(nn.AvgPool2d(2, 2) for _ in range(times)))
 
 
 class C3Encoder(nn.Module):
     """ExtremeC3Net encoder: N x 3 x H x W -> N x ``out_channels`` x H/s x W/s.
 
     Stem CBR stride 2 concatenated with the input avg-pooled to H/2, then
-    each stage BN+PReLU over concat(entry, last module[, pooled input]).
+    each stage BN+PReLU over the concat of its entry module's and last
+    module's outputs (the release's order: (last, entry) in a downsampling
+    stage, (entry, last) otherwise), plus the pooled input when injected.
     """
 
     def __init__(self, g: C3Genotype):
@@ -61,11 +69,16 @@ class C3Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.stem_merge(torch.cat([self.stem(x), self.stem_pool(x)], 1))
         for mods, merge, inject in zip(self.stages, self.merges, self.inject):
+            down = mods[0].reduce.stride[0] == 2
             entry = mods[0](y)
             out = entry
             for m in mods[1:]:
                 out = m(out)
-            parts = [entry, out] + ([inject(x)] if isinstance(inject, nn.Sequential) else [])
+            # The release's channel order: its downsampling stage concatenates (last, entry, input),
+            # its stride-1 stage (entry, last). A permutation (same counts, same function when trained
+            # from scratch), kept so the released weights load.
+            parts = [out, entry] if down else [entry, out]
+            parts += [inject(x)] if isinstance(inject, nn.Sequential) else []
             y = merge(torch.cat(parts, 1))
         return y
 
@@ -77,7 +90,10 @@ class ExtremeC3Net(PortraitSegModel):
     Input N x 3 x H x W; output logits N x K x H x W (``coarse_fine`` or
     ``none`` decoder), or N x K x H/4 x W/4 for the stage-1 form. The 1x1
     ``classifier`` exists only where it is used (stage 1, ``none``), as in
-    the release, so the full network's parameter count excludes it.
+    the release, so the full network's parameter count excludes it. Every
+    bilinear upsampling uses ``align_corners=True`` (:data:`ALIGN_CORNERS`) and
+    the coarse branch's BN keeps PyTorch's eps 1e-5, as released; the
+    release's weights load through :mod:`nas.release`.
     """
 
     def __init__(self, genotype: C3Genotype):
@@ -90,7 +106,9 @@ class ExtremeC3Net(PortraitSegModel):
             self.output_stride = g.output_stride if g.encoder_only else 1
             return
         h = g.head_channels
-        self.coarse = nn.Sequential(nn.Conv2d(self.encoder.out_channels, h, 1, bias=False), nn.BatchNorm2d(h, eps=BN_EPS))
+        self.coarse = nn.Sequential(
+            nn.Conv2d(self.encoder.out_channels, h, 1, bias=False), nn.BatchNorm2d(h, eps=C3_DEFAULT_BN_EPS)
+        )
         self.fine = None
         if g.detail_branch:
             m = g.detail_module
@@ -107,11 +125,11 @@ class ExtremeC3Net(PortraitSegModel):
         if g.encoder_only:
             return self.classifier(feats)
         if g.decoder == "none":
-            return upsample(self.classifier(feats), g.output_stride, align_corners=False)
-        y = upsample(self.coarse(feats), 2, align_corners=False)
+            return upsample(self.classifier(feats), g.output_stride, align_corners=ALIGN_CORNERS)
+        y = upsample(self.coarse(feats), 2, align_corners=ALIGN_CORNERS)
         if self.fine is not None:
             y = y + self.fine(x)
-        return self.head(upsample(self.fuse(y), 2, align_corners=False))
+        return self.head(upsample(self.fuse(y), 2, align_corners=ALIGN_CORNERS))
 
 
 def _c3(*dilations: int, residual: bool = True, stride: int = 1) -> C3ModuleSpec:

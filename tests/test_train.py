@@ -87,7 +87,9 @@ def test_nas_train_eval_predict_cli(workdir, eg1800_root) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(res) >= {"miou", "miou_2class", "epochs", "train_images", "val_images", "skipped_ids", "images_per_s"}
-    assert res["val_images"] == 26 and res["skipped_ids"] == 131 and res["params"] == 37_762
+    # model=extremec3net picks its family's recipe: 1-class Lovasz hinge, so 37,738 parameters
+    assert res["val_images"] == 26 and res["skipped_ids"] == 131 and res["params"] == 37_738
+    assert res["recipe"] == "extremec3net" and res["optimistic"] is False
     ev = subprocess.run([sys.executable, "-c", "from nas.cli.train import eval_main; eval_main()",
                          f"checkpoint={res['checkpoint']}", "data.val_fraction=0.1"], capture_output=True, text=True)
     assert ev.returncode == 0, ev.stderr[-2000:]

@@ -21,10 +21,12 @@ def _rewrite_pairs(argv: list[str]) -> list[str]:
     return [_LIST_KEYS.sub(r"\1=[\2]", a) for a in argv]
 
 
-def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+def hydra_app(config_name: str, argv_hook: Callable[[list[str]], list[str]] | None = None
+              ) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
     """Wrap ``fn(cfg)`` as a console script reading ``conf/<config_name>.yaml``.
 
-    ``input_size=H,W`` is accepted as well as ``input_size=[H,W]``.
+    ``input_size=H,W`` is accepted as well as ``input_size=[H,W]``. ``argv_hook`` may rewrite
+    the overrides before Hydra reads them (``nas-train`` picks the model family's recipe).
     """
 
     def wrap(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
@@ -32,7 +34,8 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
 
         @functools.wraps(fn)
         def main() -> Any:
-            sys.argv = [sys.argv[0], *_rewrite_pairs(sys.argv[1:])]
+            args = _rewrite_pairs(sys.argv[1:])
+            sys.argv = [sys.argv[0], *(argv_hook(args) if argv_hook else args)]
             return app()
 
         return main

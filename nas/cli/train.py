@@ -36,7 +36,9 @@ def run_training(cfg: DictConfig) -> dict:
     tracker = run_id = None
     if cfg.tracking.enabled:
         tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
-        run_id = tracker.start_run(f"{cfg.model}-{g.archid()}", tags={"model": cfg.model, "archid": g.archid()})
+        tags = {"model": cfg.model, "archid": g.archid(), "recipe": tcfg.recipe, "selection": tcfg.selection,
+                "optimistic": str(tcfg.optimistic).lower()}
+        run_id = tracker.start_run(f"{cfg.model}-{g.archid()}", tags=tags)
         tracker.log_params(run_id, {f"train.{k}": v for k, v in tcfg.as_dict().items()})
         tracker.log_params(run_id, {f"genotype.{k}": v for k, v in g.flat_params().items()})
         tracker.log_metrics(run_id, {"params": cost.params, "conv_macs": cost.conv_macs})
@@ -61,11 +63,39 @@ def run_training(cfg: DictConfig) -> dict:
                                      "train/images_per_s_mean": res.images_per_s}, step=tcfg.epochs)
         tracker.log_artifact(run_id, ckpt)
         tracker.end_run(run_id)
-    summary.update(params=cost.params, conv_macs=cost.conv_macs, checkpoint=str(ckpt), mlflow_run_id=run_id)
+    summary.update(params=cost.params, conv_macs=cost.conv_macs, checkpoint=str(ckpt), mlflow_run_id=run_id,
+                   recipe=tcfg.recipe, init=tcfg.init)
     return summary
 
 
-@hydra_app("train")
+def choose_recipe(args: list[str]) -> list[str]:
+    """``recipe=NAME`` -> ``recipe@train=NAME``; without one, the recipe of ``model=``'s family.
+
+    The recipe sits under the fidelity and the command line (``conf/train.yaml``'s defaults), so
+    ``train.lr=...`` and a fidelity's ``lr`` still win. An unknown model is left for
+    ``run_training`` to report.
+    """
+    out, given, model = [], False, "sinet"
+    for a in args:
+        key, _, value = a.partition("=")
+        if key in ("recipe", "recipe@train"):
+            out.append(f"recipe@train={value}")
+            given = True
+            continue
+        if key == "model":
+            model = value
+        out.append(a)
+    if not given:
+        from search_spaces import get_genotype
+
+        try:
+            out.append(f"recipe@train={get_genotype(model).family}")
+        except (ValueError, FileNotFoundError):
+            pass
+    return out
+
+
+@hydra_app("train", argv_hook=choose_recipe)
 def main(cfg: DictConfig) -> None:
     from nas.train import NonFiniteLossError
 
@@ -80,19 +110,16 @@ def main(cfg: DictConfig) -> None:
 
 @hydra_app("eval")
 def eval_main(cfg: DictConfig) -> None:
-    from nas.checkpoint import load_checkpoint
-    from nas.data import load_split_arrays
-    from nas.train import evaluate
+    from nas.predict import evaluate_checkpoint
 
-    model, meta = load_checkpoint(cfg.checkpoint)
-    size = tuple(cfg.input_size or meta["genotype"].input_size)
-    arrays = load_split_arrays(cfg.data.root, cfg.split, size, cache_dir=cfg.data.cache_dir,
-                               fraction=cfg.data.val_fraction)
-    m = evaluate(model, arrays, cfg.batch_size)
-    print(f"{cfg.checkpoint}: {cfg.split} {len(arrays)} images at {size[0]}x{size[1]}: "
+    m = evaluate_checkpoint(cfg.checkpoint, cfg.data.root, cfg.split, cfg.input_size, cfg.batch_size,
+                            cache_dir=cfg.data.cache_dir, fraction=cfg.data.val_fraction)
+    size = m["input_size"]
+    print(f"{cfg.checkpoint}: {cfg.split} {m['images']} images at {size[0]}x{size[1]} "
+          f"({m['preprocessing']['channel_order']}, resize {m['preprocessing']['resize']}): "
           f"mIoU (foreground IoU per image) {m['miou']:.2f}, 2-class confusion mIoU {m['miou_2class']:.2f}")
-    print_json_line({"miou": m["miou"], "miou_2class": m["miou_2class"], "images": len(arrays),
-                     "skipped_ids": len(arrays.skipped_ids), "input_size": list(size)})
+    print_json_line({"miou": m["miou"], "miou_2class": m["miou_2class"], "images": m["images"],
+                     "skipped_ids": m["skipped_ids"], "input_size": size})
 
 
 @hydra_app("predict")
