@@ -53,16 +53,20 @@ log = logging.getLogger(__name__)
 PROXY_RUNG = "proxy"
 BASELINES = ("params", "conv_macs")
 # How a cell is run, not what it is: these never change a cell's identity.
-_EXECUTION_KEYS = ("threads", "progress", "num_workers", "eval_batch_size", "channels_last", "compile")
+_EXECUTION_KEYS = ("threads", "progress", "num_workers", "eval_batch_size", "channels_last", "compile",
+                   "recipe")  # recipe: the name its values came from; the values themselves are in the identity
 # Training keys added after the first studies ran, at the value that reproduces the earlier behaviour: at that
 # value they stay out of the identity, so finished cells keep being read back (any other value makes a new cell).
-_NEUTRAL: dict[str, Any] = {}
+_NEUTRAL: dict[str, Any] = {"lovasz_per_image": True, "selection": "holdout", "val_best_after": 0.6, "init": None}
 
 
 def cell_train_identity(cfg: TrainConfig) -> dict[str, Any]:
-    """The training settings that define a cell: every key but the execution ones and neutral new ones."""
-    return {k: v for k, v in cfg.as_dict().items()
-            if k not in _EXECUTION_KEYS and not (k in _NEUTRAL and v == _NEUTRAL[k])}
+    """The training settings that define a cell: every key but the execution ones and neutral new ones
+    (``stage1_handoff`` only counts for a two-stage schedule)."""
+    d = cfg.as_dict()
+    if d.get("schedule") == "single_stage":
+        d.pop("stage1_handoff", None)
+    return {k: v for k, v in d.items() if k not in _EXECUTION_KEYS and not (k in _NEUTRAL and v == _NEUTRAL[k])}
 
 
 @dataclass
