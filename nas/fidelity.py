@@ -249,7 +249,7 @@ def plan_cells(archs: Sequence[Arch], s: FidelitySettings, base: TrainConfig) ->
             if s.proxies:
                 g = a.genotype.replace(input_size=s.proxy_input_size)
                 cells.append(Cell(a.arch, PROXY_RUNG, seed, _hash({
-                    "kind": "proxy", "genotype": g.to_dict(), "seed": seed, "proxies": sorted(s.proxies),
+                    "kind": "proxy", "version": 2, "genotype": g.to_dict(), "seed": seed, "proxies": sorted(s.proxies),
                     "batch": s.proxy_batch, "input_size": list(s.proxy_input_size)})))
     for seed in s.seeds:
         for rung in s.rungs:
@@ -257,7 +257,8 @@ def plan_cells(archs: Sequence[Arch], s: FidelitySettings, base: TrainConfig) ->
             train = cell_train_identity(cfg)
             for a in archs:
                 g = get_genotype(a.genotype, num_classes=cfg.num_classes, input_size=cfg.input_size)
-                cells.append(Cell(a.arch, rung, seed, _hash({"kind": "train", "genotype": g.to_dict(), "train": train})))
+                key = _hash({"kind": "train", "genotype": g.to_dict(), "train": train})
+                cells.append(Cell(a.arch, rung, seed, key))
     return cells
 
 
@@ -555,7 +556,8 @@ def collect_results(study: optuna.Study, archs: Sequence[Arch], cells: Sequence[
         "rungs": [{"name": r["rung"], "kind": r["kind"], "fidelity": r["fidelity"],
                    "kendall_tau": r["kendall_tau"], "kendall_tau_ci95": [r["kendall_tau_lo"], r["kendall_tau_hi"]],
                    "spearman_rho": r["spearman_rho"], "spearman_rho_ci95": [r["spearman_rho_lo"], r["spearman_rho_hi"]],
-                   "outside_noise": r["outside_noise"], "seed_std": r["seed_std"], "seed_tau": r["seed_tau"],
+                   "outside_noise": r["outside_noise"], "seed_std": r["seed_std"],
+                   "noise_to_signal": r["noise_to_signal"], "seed_tau": r["seed_tau"],
                    "top_quarter_overlap": r["top_quarter_overlap"], "seconds_per_arch": r["seconds_per_arch"],
                    "seconds_unit": r["seconds_unit"], "archs": r["archs"], "seeds": r["seeds"]} for r in rows],
         "archs": [a.as_dict() for a in archs],

@@ -6,6 +6,8 @@ score). Output, for every rung against the top rung (the last trained rung):
 
 * ``seed_std``: seed noise, the mean over architectures of the standard deviation across
   seeds (ddof=1), in the rung's own unit (mIoU points for trained rungs);
+  ``noise_to_signal``: ``seed_std`` over the standard deviation of the architectures' means
+  (unitless; near or above 1, the rung cannot tell these architectures apart);
 * ``kendall_tau`` / ``spearman_rho`` of the rung's per-architecture mean against the top
   rung's, each with a paired bootstrap 95% interval over architectures
   (``scipy.stats.bootstrap``, percentile method); ``outside_noise`` says whether the interval
@@ -149,12 +151,14 @@ def rung_rows(cells: Sequence[Mapping[str, Any]], rungs: Sequence[Mapping[str, A
         common = sorted(set(m) & set(top_means))
         x, y = [m[a] for a in common], [top_means[a] for a in common]
         stds = [statistics.stdev(s.values()) for s in by.values() if len(s) >= 2]
+        spread = statistics.stdev(m.values()) if len(m) >= 2 else None
         agree = rank_agreement(x, y, n_resamples=n_resamples, seed=seed)
         lo = agree["kendall_tau_lo"]
         rows.append({
             "rung": name, "kind": r["kind"], "fidelity": r.get("fidelity", ""),
             "archs": len(m), "seeds": max((len(s) for s in by.values()), default=0),
             "seed_std": statistics.fmean(stds) if stds else None,
+            "noise_to_signal": statistics.fmean(stds) / spread if stds and spread else None,
             **agree,
             "outside_noise": None if lo is None else bool(lo > 0),
             "seed_tau": _seed_tau(by, sorted(by)),
@@ -191,9 +195,9 @@ def recommend_rung(rows: Sequence[Mapping[str, Any]], top: str, *, min_tau: floa
                       f"best tau within budget: {best['kendall_tau']:.2f}"}
 
 
-_COLUMNS = ["rung", "kind", "fidelity", "archs", "seeds", "seed_std", "kendall_tau", "kendall_tau_lo",
-            "kendall_tau_hi", "outside_noise", "spearman_rho", "spearman_rho_lo", "spearman_rho_hi", "seed_tau",
-            "top_quarter_overlap", "seconds_per_arch", "seconds_unit"]
+_COLUMNS = ["rung", "kind", "fidelity", "archs", "seeds", "seed_std", "noise_to_signal", "kendall_tau",
+            "kendall_tau_lo", "kendall_tau_hi", "outside_noise", "spearman_rho", "spearman_rho_lo", "spearman_rho_hi",
+            "seed_tau", "top_quarter_overlap", "seconds_per_arch", "seconds_unit"]
 
 
 def _plot(means: Mapping[str, Mapping[int, float]], cells: Sequence[Mapping[str, Any]], rows: Sequence[Mapping],
@@ -281,7 +285,8 @@ def write_fidelity_results(summary: Mapping[str, Any], cells: Sequence[Mapping[s
         f"rho of the per-architecture mean over seeds, paired bootstrap 95% intervals over architectures "
         f"({summary['bootstrap']} resamples, percentile); outside_noise: the tau interval excludes 0.",
         "seed_std: mean over architectures of the std across seeds (mIoU points for trained rungs, the score's "
-        "own unit for proxies); seed_tau: Kendall tau between two seeds' rankings at that rung (at the top rung: "
+        "own unit for proxies; synflow in log units); noise_to_signal: seed_std / std of the architectures' means; "
+        "seed_tau: Kendall tau between two seeds' rankings at that rung (at the top rung: "
         "the ceiling a cheaper rung can reach).",
         "mIoU: foreground IoU per image averaged over the EG1800 validation images of this copy (x100); "
         "checkpoints chosen on a held-out slice of the training list.",
@@ -290,7 +295,8 @@ def write_fidelity_results(summary: Mapping[str, Any], cells: Sequence[Mapping[s
     ]
     files = write_table([{k: r.get(k) for k in _COLUMNS} for r in rows], out / name, columns=_COLUMNS,
                         title=f"Fidelity study {name}: rank agreement with '{top}'", notes=notes,
-                        float_digits={"seed_std": 3, "kendall_tau": 3, "kendall_tau_lo": 3, "kendall_tau_hi": 3,
+                        float_digits={"seed_std": 3, "noise_to_signal": 2, "kendall_tau": 3, "kendall_tau_lo": 3,
+                                      "kendall_tau_hi": 3,
                                       "spearman_rho": 3, "spearman_rho_lo": 3, "spearman_rho_hi": 3,
                                       "seed_tau": 3, "top_quarter_overlap": 2, "seconds_per_arch": 2})
     # per-architecture means, one column per rung

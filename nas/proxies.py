@@ -81,16 +81,18 @@ def synflow(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None 
     Computed: on a float64 copy with every parameter replaced by its absolute value and
     batch norm in eval mode with its initial statistics (mean 0, variance 1: the
     no-batch-norm variant of Abdelfattah et al.), R = sum of the outputs for one all-ones
-    input of ``images``' shape (1, 3, H, W); the score is sum over every parameter of
-    |theta * dR/dtheta|. No data is used. For a chain of L positive linear maps the score
-    is L * R.
+    input of ``images``' shape (1, 3, H, W); the synaptic flow is the sum over every
+    parameter of |theta * dR/dtheta|, and the score is its natural log (the flow spans tens of
+    orders of magnitude across architectures; the log keeps its ranking and makes its seed
+    noise readable). No data is used. For a chain of L positive linear maps the flow is L * R.
     """
     net = copy.deepcopy(model).double().eval()
     _linearise(net)
     net.zero_grad(set_to_none=True)
     x = torch.ones((1, *images.shape[1:]), dtype=torch.float64, device=images.device)
     net(x).sum().backward()
-    return float(sum((p.detach() * p.grad).abs().sum() for p in net.parameters() if p.grad is not None))
+    flow = sum((p.detach() * p.grad).abs().sum() for p in net.parameters() if p.grad is not None)
+    return float(torch.log(flow)) if flow > 0 else -math.inf
 
 
 def naswot(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None) -> float:

@@ -23,7 +23,7 @@ def _conv1x1(weights: list[list[float]]) -> nn.Conv2d:
 
 
 def test_synflow_of_a_linear_chain_is_depth_times_output() -> None:
-    # R = 1^T W2 W1 1 with |W|; dR/dW1 = (|W2|^T 1) 1^T, so sum |W1 * dR/dW1| = R, and the same for W2: score 2R.
+    # R = 1^T W2 W1 1 with |W|; dR/dW1 = (|W2|^T 1) 1^T, so sum |W1 * dR/dW1| = R, and the same for W2: flow 2R.
     w1 = torch.tensor([[1.0, -2.0, 0.5, 1.0], [0.0, 3.0, -1.0, 2.0], [1.5, 1.0, 1.0, -1.0]])
     w2 = torch.tensor([[2.0, -1.0, 0.5], [1.0, 1.0, -3.0]])
     net = nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False))
@@ -31,7 +31,7 @@ def test_synflow_of_a_linear_chain_is_depth_times_output() -> None:
         net[0].weight.copy_(w1)
         net[1].weight.copy_(w2)
     r = float(torch.ones(2) @ w2.abs() @ w1.abs() @ torch.ones(4))
-    assert synflow(net, torch.randn(5, 4)) == pytest.approx(2 * r, rel=1e-12)
+    assert synflow(net, torch.randn(5, 4)) == pytest.approx(math.log(2 * r), rel=1e-12)
     assert net[0].weight[0, 1] == -2.0  # the caller's model is not changed
 
 
