@@ -35,9 +35,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import socket
 import os
 import statistics
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -51,7 +53,7 @@ from nas.train import DataBundle, TrainConfig, load_data, train_genotype
 from search_spaces import Genotype, genotype_from_dict, get_genotype
 
 __all__ = ["Variant", "Experiment", "load_experiment", "apply_edits", "variant_genotype", "variant_train_config",
-           "Cell", "run_ablation", "write_results"]
+           "Cell", "run_ablation", "write_results", "delta_interval", "CI_METHOD"]
 
 _TOP_KEYS = {"name", "title", "description", "citation", "base", "seeds", "baseline", "variants"}
 _VARIANT_KEYS = {"name", "description", "genotype", "edits", "train", "reference"}
@@ -260,7 +262,11 @@ def run_ablation(
     Returns:
         ``{"rows": [...], "cells": [...], "fidelity": {...}, "seeds": [...]}``;
         a row per variant with ``params``, ``conv_macs`` (at ``cost_input_size``)
-        and, when trained, ``miou_mean``, ``miou_std``, ``delta_miou``.
+        and, when trained, ``miou_mean``, ``miou_std``, ``delta_miou``,
+        ``delta_ci_lo`` / ``delta_ci_hi`` / ``outside_noise`` (the Welch 95%
+        interval of the delta over seeds and whether it excludes 0; see
+        :func:`delta_interval`), ``miou_2class_mean`` and ``seeds`` (the number
+        of finished seeds of that variant).
 
     Raises:
         ValueError / FileNotFoundError: bad experiment values or data (named).
@@ -327,20 +333,71 @@ def run_ablation(
     return {"rows": rows, "cells": [c.__dict__ for c in cells], "fidelity": any_cfg.fidelity(), "seeds": list(seeds)}
 
 
+CI_METHOD = "Welch's t 95% interval over seeds, unequal variances (Welch 1947)"
+
+
+def delta_interval(variant: Sequence[float], baseline: Sequence[float],
+                   confidence: float = 0.95) -> tuple[float, float] | None:
+    """Interval for mean(``variant``) - mean(``baseline``) over seeds, or None where undefined.
+
+    Method: Welch's unequal-variances t interval (B. L. Welch, "The generalization of
+    'Student's' problem when several different population variances are involved",
+    Biometrika 34, 1947), computed by
+    ``scipy.stats.ttest_ind(variant, baseline, equal_var=False).confidence_interval(confidence)``:
+    ``diff +/- t_{(1+confidence)/2, df} * sqrt(s_v^2/n_v + s_b^2/n_b)`` with the
+    Welch-Satterthwaite ``df``. The seeds of the two cells are independent runs (not paired).
+
+    Returns None (no interval) when either cell has fewer than 2 seeds, when both cells have
+    zero variance (scipy would give a zero-width interval), or when a value is not finite.
+
+    Raises:
+        ValueError: ``confidence`` not strictly between 0 and 1.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    a, b = [float(x) for x in variant], [float(x) for x in baseline]
+    if len(a) < 2 or len(b) < 2 or not all(math.isfinite(x) for x in a + b):
+        return None
+    if statistics.variance(a) == 0.0 and statistics.variance(b) == 0.0:
+        return None
+    from scipy.stats import ttest_ind
+
+    with warnings.catch_warnings():  # one cell of identical values: exact, but scipy warns of cancellation
+        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+        ci = ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+    lo, hi = float(ci.low), float(ci.high)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    return lo, hi
+
+
 def _rows(exp: Experiment, costs: dict, cells: list[Cell], trained: bool) -> list[dict[str, Any]]:
+    """One row per variant, in the experiment's order.
+
+    Trained rows carry ``miou_mean``, ``miou_std`` (None for one seed), ``delta_miou``
+    (mean minus the baseline's mean), ``delta_ci_lo`` / ``delta_ci_hi`` (see
+    :func:`delta_interval`; None on the baseline row and where no interval exists),
+    ``outside_noise`` (True when the interval excludes 0, False when it contains 0, None
+    without an interval), ``miou_2class_mean`` and ``seeds`` (number of finished cells).
+    """
     by: dict[str, list[Cell]] = {}
     for c in cells:
         by.setdefault(c.variant, []).append(c)
     means = {n: statistics.fmean(c.miou for c in cs) for n, cs in by.items()}
+    base_mious = [c.miou for c in by.get(exp.baseline, [])]
     rows = []
     for v in exp.variants:
         cs = by.get(v.name, [])
         row = {"variant": v.name, "params": costs[v.name].params, "conv_macs": costs[v.name].conv_macs}
         if trained:
+            ci = None if v.name == exp.baseline else delta_interval([c.miou for c in cs], base_mious)
             row.update(
                 miou_mean=means.get(v.name),
                 miou_std=statistics.stdev([c.miou for c in cs]) if len(cs) > 1 else None,  # undefined for 1 seed
                 delta_miou=(means[v.name] - means[exp.baseline]) if v.name in means and exp.baseline in means else None,
+                delta_ci_lo=ci[0] if ci else None,
+                delta_ci_hi=ci[1] if ci else None,
+                outside_noise=(ci[0] > 0.0 or ci[1] < 0.0) if ci else None,
                 miou_2class_mean=statistics.fmean(c.miou_2class for c in cs) if cs else None,
                 seeds=len(cs),
             )
@@ -352,6 +409,11 @@ def _rows(exp: Experiment, costs: dict, cells: list[Cell], trained: bool) -> lis
 def write_results(exp: Experiment, result: dict[str, Any], results_dir: str | Path, trained: bool) -> dict[str, Path]:
     """Write ``<results_dir>/<name>.md``, ``.csv`` and ``.tex``.
 
+    Trained tables carry, beside ``delta_miou``, its interval over seeds (``delta_ci_lo``,
+    ``delta_ci_hi``: :data:`CI_METHOD`, see :func:`delta_interval`) and ``outside_noise``
+    (md/tex: ``yes`` / ``no`` / ``–``; csv: ``True`` / ``False`` / empty); the notes name the
+    method and the seeds each row has.
+
     Raises:
         OSError: ``results_dir`` cannot be created or written (named).
     """
@@ -362,7 +424,8 @@ def write_results(exp: Experiment, result: dict[str, Any], results_dir: str | Pa
         raise OSError(f"results_dir={out} cannot be created: {exc.strerror or exc}") from None
     cols = ["variant", "params", "conv_macs"]
     if trained:
-        cols += ["miou_mean", "miou_std", "delta_miou", "miou_2class_mean", "seeds"]
+        cols += ["miou_mean", "miou_std", "delta_miou", "delta_ci_lo", "delta_ci_hi", "outside_noise",
+                 "miou_2class_mean", "seeds"]
     cols += ["reference_miou", "reference_source"]
     f = result["fidelity"]
     notes = [
@@ -372,9 +435,13 @@ def write_results(exp: Experiment, result: dict[str, Any], results_dir: str | Pa
     if trained:
         notes += [
             f"miou: foreground IoU per image averaged over the EG1800 validation images present in this copy (x100), "
-            f"mean +/- std over seeds {result['seeds']}; delta_miou against '{exp.baseline}'; "
+            f"mean +/- std over seeds {result['seeds']} (seeds: the number of finished seeds of each row); "
+            f"delta_miou: mean minus the mean of '{exp.baseline}'; "
             "miou_2class: confusion-matrix mean over both classes. Checkpoint chosen on a held-out slice of the "
             "training list.",
+            f"delta_ci_lo, delta_ci_hi: {CI_METHOD}, of delta_miou. outside_noise: yes when that interval "
+            "excludes 0 (a difference outside the seed noise), no when it contains 0, – when it cannot be "
+            "computed (fewer than 2 seeds in either row, or zero variance in both).",
             f"fidelity: {f['epochs']} epochs ({f['schedule']}, stage 1: {f['stage1_epochs']}), "
             f"{f['input_size'][0]}x{f['input_size'][1]} input, {f['train_fraction']:.0%} of the training list. "
             "Not the papers' fidelity: compare rows, not absolute figures.",
@@ -383,6 +450,8 @@ def write_results(exp: Experiment, result: dict[str, Any], results_dir: str | Pa
         notes.append("train=false: costs only, no training.")
     if exp.citation:
         notes.append(f"reference figures: {exp.citation}")
-    digits = {"miou_mean": 2, "miou_std": 2, "delta_miou": 2, "miou_2class_mean": 2, "reference_miou": 2}
+    digits = {"miou_mean": 2, "miou_std": 2, "delta_miou": 2, "delta_ci_lo": 2, "delta_ci_hi": 2,
+              "miou_2class_mean": 2, "reference_miou": 2}
+    yes_no = {"outside_noise": lambda b: None if b is None else ("yes" if b else "no")}
     return write_table(result["rows"], out / exp.name, columns=cols, title=exp.title or exp.name, notes=notes,
-                       float_digits=digits)
+                       float_digits=digits, display=yes_no)

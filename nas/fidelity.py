@@ -31,8 +31,9 @@ import math
 import os
 import socket
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -40,14 +41,24 @@ from optuna.trial import TrialState
 
 from nas.cost import genotype_cost
 from nas.rungs import load_rung, rung_config
-from nas.study import _Heartbeat, check_storage, engine_url, slot_lock
+from nas.storage import Heartbeat as _Heartbeat
+from nas.storage import check_storage, engine_url, slot_lock
 from nas.tracking import FAILED, FINISHED, KILLED, Tracker
 from nas.train import DataBundle, TrainConfig, load_data, train_genotype
 from search_spaces import Genotype, create_model, get_genotype
 from search_spaces.spaces import SearchSpace
 
-__all__ = ["FidelitySettings", "Arch", "Cell", "sample_architectures", "plan_cells", "FidelityWorker",
-           "collect_results", "PROXY_RUNG", "BASELINES"]
+__all__ = [
+    "BASELINES",
+    "PROXY_RUNG",
+    "Arch",
+    "Cell",
+    "FidelitySettings",
+    "FidelityWorker",
+    "collect_results",
+    "plan_cells",
+    "sample_architectures",
+]
 
 log = logging.getLogger(__name__)
 PROXY_RUNG = "proxy"
@@ -93,7 +104,7 @@ class FidelitySettings:
     include: Sequence[str] = ("sinet",)
     sample_seed: int = 0
     candidates: int = 150
-    rungs: Sequence[str] = ("search", "search_full", "session")
+    rungs: Sequence[str] = ("search_half", "search", "session")
     seeds: Sequence[int] = (0, 1)
     proxies: Sequence[str] = ("synflow", "naswot", "snip", "grad_norm", "zico", "meco")
     proxy_batch: int = 16

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import optuna
 
+from nas.points import front_of, trained_points
 from nas.report import hypervolume_table, plot_fronts, write_front_csv, write_table
-from nas.study import engine_url, front_of, trained_points
+from nas.storage import engine_url
 
 __all__ = ["compare_studies"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -298,8 +298,14 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def _cell(v: Any, digits: int, fmt: str) -> str:
-    """Format one value for ``fmt`` in {"md", "tex"}; numbers are not TeX-escaped."""
+def _cell(v: Any, digits: int, fmt: str, show: Callable[[Any], str | None] | None = None) -> str:
+    """Format one value for ``fmt`` in {"md", "tex"}; numbers are not TeX-escaped.
+
+    ``show`` (optional) turns a value into display text first; it returning None falls back
+    to the default formatting of ``v``.
+    """
+    if show is not None and (shown := show(v)) is not None:
+        return shown.replace("|", r"\|") if fmt == "md" else _tex_escape(shown)
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "–" if fmt == "md" else "--"
     if _is_int(v):
@@ -313,7 +319,8 @@ def _cell(v: Any, digits: int, fmt: str) -> str:
 
 
 def write_table(rows: list[dict], stem: str | Path, *, columns: Sequence[str], title: str = "",
-                notes: Sequence[str] = (), float_digits: int | Mapping[str, int] = 2) -> dict[str, Path]:
+                notes: Sequence[str] = (), float_digits: int | Mapping[str, int] = 2,
+                display: Mapping[str, Callable[[Any], str | None]] | None = None) -> dict[str, Path]:
     """Write ``rows`` (dicts; missing keys read as None) as ``stem.md``, ``stem.csv``, ``stem.tex``.
 
     * md: GitHub table, ``# title`` heading, numeric columns right-aligned, ``notes`` as lines
@@ -324,12 +331,15 @@ def write_table(rows: list[dict], stem: str | Path, *, columns: Sequence[str], t
 
     In md/tex, floats get ``float_digits`` decimals (an int, or a per-column mapping, default 2),
     ints thousands separators (``86,910``; tex ``86{,}910``), None ``–`` (tex ``--``).
+    ``display`` (optional, per column) maps a value to the text shown in md/tex (``True`` ->
+    ``"yes"``, say; returning None keeps the default); the csv keeps the raw value.
     Returns ``{"md": path, "csv": path, "tex": path}``. Parent folders are created.
     """
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     cols = list(columns)
     digits = {c: (float_digits.get(c, 2) if isinstance(float_digits, Mapping) else float_digits) for c in cols}
+    show = dict(display or {})
     numeric = {c: all(_is_num(r.get(c)) for r in rows if r.get(c) is not None)
                and any(r.get(c) is not None for r in rows) for c in cols}
     paths = {k: stem.with_name(stem.name + "." + k) for k in ("md", "csv", "tex")}
@@ -337,7 +347,7 @@ def write_table(rows: list[dict], stem: str | Path, *, columns: Sequence[str], t
     md = [f"# {title}", ""] if title else []
     md.append("| " + " | ".join(c.replace("|", r"\|") for c in cols) + " |")
     md.append("|" + "|".join("---:" if numeric[c] else ":---" for c in cols) + "|")
-    md += ["| " + " | ".join(_cell(r.get(c), digits[c], "md") for c in cols) + " |" for r in rows]
+    md += ["| " + " | ".join(_cell(r.get(c), digits[c], "md", show.get(c)) for c in cols) + " |" for r in rows]
     if notes:
         md += [""] + [str(n) for n in notes]
     paths["md"].write_text("\n".join(md) + "\n", encoding="utf-8")
@@ -352,7 +362,7 @@ def write_table(rows: list[dict], stem: str | Path, *, columns: Sequence[str], t
         tex.append(rf"\caption{{{_tex_escape(title)}}}")
     tex += [r"\begin{tabular}{" + "".join("r" if numeric[c] else "l" for c in cols) + "}",
             r"\toprule", " & ".join(_tex_escape(c) for c in cols) + r" \\", r"\midrule"]
-    tex += [" & ".join(_cell(r.get(c), digits[c], "tex") for c in cols) + r" \\" for r in rows]
+    tex += [" & ".join(_cell(r.get(c), digits[c], "tex", show.get(c)) for c in cols) + r" \\" for r in rows]
     tex += [r"\bottomrule", r"\end{tabular}"]
     tex += [rf"\par\smallskip{{\footnotesize {_tex_escape(str(n))}}}" for n in notes]
     tex.append(r"\end{table}")

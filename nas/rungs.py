@@ -10,7 +10,7 @@ Example:
     >>> "search" in rung_names() and "session" in rung_names()
     True
     >>> load_rung("search")["epochs"]
-    2
+    4
 """
 
 from __future__ import annotations

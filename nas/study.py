@@ -29,32 +29,42 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import os
 import socket
-import threading
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from nas._filelock import file_lock
 from nas.cost import count_fvcore, genotype_cost, measure_latency
-from nas.report import FrontPoint, pareto_front
+from nas.points import front_of, trained_points
+from nas.report import FrontPoint
+from nas.storage import Heartbeat, check_storage, count_slots, engine_url, pid_alive, redact, slot_lock
 from nas.tracking import FAILED, FINISHED, KILLED, Tracker
 from nas.train import DataBundle, TrainConfig, train_genotype
 from search_spaces import Genotype, create_model, get_genotype
 from search_spaces.spaces import SearchSpace
 
-__all__ = ["SearchSettings", "open_study", "check_storage", "engine_url", "slot_lock", "count_slots", "StudyWorker",
-           "front_of", "trained_points", "MODES"]
+__all__ = [
+    "MODES",
+    "SearchSettings",
+    "StudyWorker",
+    "check_storage",
+    "count_slots",
+    "engine_url",
+    "front_of",
+    "open_study",
+    "slot_lock",
+    "trained_points",
+]
 
 log = logging.getLogger(__name__)
 # We drive heartbeats and stale-trial checks ourselves around an ask/tell loop.
@@ -124,41 +134,6 @@ class SearchSettings:
 # -- storage and locking ------------------------------------------------------------------------
 
 
-def engine_url(url: str) -> str:
-    """The SQLAlchemy URL for a ``study.storage`` value.
-
-    A bare ``postgresql://`` means psycopg 3 to SQLAlchemy 2.1, psycopg2 to 2.0; the project's
-    ``postgres`` extra installs psycopg2. So a bare URL gets the driver that is installed.
-
-    Raises:
-        ImportError: a PostgreSQL URL and no driver installed (the message says what to install).
-    """
-    if not url.startswith("postgresql://"):
-        return url
-    import importlib.util
-
-    if importlib.util.find_spec("psycopg") is not None:
-        return "postgresql+psycopg://" + url[len("postgresql://"):]
-    if importlib.util.find_spec("psycopg2") is not None:
-        return "postgresql+psycopg2://" + url[len("postgresql://"):]
-    raise ImportError(f"study.storage={_redact(url)} needs a PostgreSQL driver: "
-                      "pip install 'portrait-nas[postgres]' (psycopg2-binary)")
-
-
-def check_storage(url: str) -> None:
-    """Fail early, before any data is loaded, when a SQLite storage's folder cannot take the file.
-
-    Raises:
-        OSError: the folder does not exist or is not writable (the message names it).
-    """
-    if url.startswith("sqlite"):
-        path = url.split("sqlite:///", 1)[-1]
-        if path and path != ":memory:":
-            parent = Path(path).parent
-            if not parent.is_dir() or not os.access(parent, os.W_OK):
-                raise OSError(f"study.storage={url!r}: folder {parent.resolve()} does not exist or is not writable")
-
-
 def open_study(s: SearchSettings, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner | None = None
                ) -> tuple[optuna.Study, RDBStorage]:
     """Create or load the study (``load_if_exists``) on heartbeat-enabled RDB storage.
@@ -191,88 +166,7 @@ def open_study(s: SearchSettings, sampler: optuna.samplers.BaseSampler, pruner: 
     return study, storage
 
 
-@contextlib.contextmanager
-def slot_lock(storage_url: str, study_name: str) -> Iterator[None]:
-    """Serialise the count-then-ask step of all workers of one study.
-
-    PostgreSQL: ``pg_advisory_lock`` (any number of machines). SQLite: an
-    exclusive ``flock`` on ``<db>.lock`` (one machine, as SQLite itself).
-    """
-    if storage_url.startswith("postgresql"):
-        import sqlalchemy
-
-        engine = _engines.get(storage_url) or _engines.setdefault(storage_url,
-                                                                  sqlalchemy.create_engine(engine_url(storage_url)))
-        key = int(hashlib.sha1(study_name.encode()).hexdigest()[:15], 16)
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
-    else:
-        with file_lock(storage_url.split("sqlite:///", 1)[-1] + ".lock"):
-            yield
-
-
-_engines: dict[str, Any] = {}
-
-
-def count_slots(trials: Sequence[FrozenTrial]) -> dict[str, int]:
-    """Slots used, and the trials by state; see the module docstring for what a slot is."""
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    by = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
-    for t in trials:
-        if t.state.name in by:
-            by[t.state.name] += 1
-    superseded = sum(1 for t in trials if t.state == TrialState.FAIL and t.number in retried)
-    return {"slots": sum(by.values()) - superseded, "retried": superseded, **{k.lower(): v for k, v in by.items()}}
-
-
-class _Heartbeat:
-    """Records a trial's heartbeat every ``interval`` seconds in a daemon thread."""
-
-    def __init__(self, storage: RDBStorage, trial_id: int, interval: int):
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(storage, trial_id, interval), daemon=True)
-
-    def _run(self, storage: RDBStorage, trial_id: int, interval: int) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(Exception):  # a missed beat is retried; the trial must not die of it
-                storage.record_heartbeat(trial_id)
-            self._stop.wait(interval)
-
-    def __enter__(self) -> "_Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
 # -- the worker ---------------------------------------------------------------------------------
-
-
-def _feasible(t: FrozenTrial) -> bool:
-    return all(v <= 0 for v in t.constraints.values())
-
-
-def trained_points(trials: Sequence[FrozenTrial], feasible_only: bool = False) -> list[FrontPoint]:
-    """Every complete, trained trial as a point (labelled by its reference name, if enqueued as one)."""
-    return [
-        FrontPoint(label=t.user_attrs.get("reference") or f"trial {t.number}", miou=float(t.user_attrs["miou"]),
-                   params=int(t.user_attrs["params"]), conv_macs=int(t.user_attrs["conv_macs"]), trial=t.number,
-                   archid=t.user_attrs.get("archid"))
-        for t in trials
-        if t.state == TrialState.COMPLETE and "miou" in t.user_attrs and (_feasible(t) or not feasible_only)
-    ]
-
-
-def front_of(trials: Sequence[FrozenTrial]) -> list[FrontPoint]:
-    """The Pareto front (max mIoU, min params, min MACs) of trained, feasible, complete trials."""
-    return pareto_front(trained_points(trials, feasible_only=True))
 
 
 class StudyWorker:
@@ -310,13 +204,13 @@ class StudyWorker:
             return
         host, pid = socket.gethostname(), os.getpid()
         for r in self.tracker.runs(f"tags.study = '{self.s.name}' and tags.role = 'worker' and attributes.status = 'RUNNING'"):
-            if r.data.tags.get("host") == host and not _pid_alive(int(r.data.tags.get("pid", "0"))):
+            if r.data.tags.get("host") == host and not pid_alive(int(r.data.tags.get("pid", "0"))):
                 self.tracker.end_run(r.info.run_id, KILLED)  # a worker killed before it could close its run
         self.parent_run = self.tracker.start_run(
             f"{self.s.name}-worker-{host}-{pid}", tags={"study": self.s.name, "role": "worker", "host": host,
                                                         "pid": pid, "mode": self.s.mode})
         self.tracker.log_params(self.parent_run, {"mode": self.s.mode, "n_trials": self.s.n_trials,
-                                                  "storage": _redact(self.s.storage), "space": type(self.space).__name__,
+                                                  "storage": redact(self.s.storage), "space": type(self.space).__name__,
                                                   **{f"budget.{k}": v for k, v in self.s.budgets.items()},
                                                   **{f"fidelity.{k}": v for k, v in self.train_cfg.fidelity().items()}})
 
@@ -395,7 +289,7 @@ class StudyWorker:
         rid = None
         kind = "failed_s"
         try:
-            with _Heartbeat(self.storage, trial._trial_id, self.s.heartbeat_interval):
+            with Heartbeat(self.storage, trial._trial_id, self.s.heartbeat_interval):
                 if self.tracker:
                     rid = self.tracker.start_run(
                         f"trial-{trial.number:04d}", parent_run_id=self.parent_run,
@@ -568,24 +462,3 @@ def export_front(trials: Sequence[FrozenTrial], front: Sequence[FrontPoint], fol
         g: Genotype = genotype_from_dict(json.loads(trials[p.trial].user_attrs["genotype"]))
         paths.append(g.save(folder / f"trial{p.trial:04d}-{g.archid()}.yaml"))
     return paths
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _redact(url: str) -> str:
-    """A storage URL without its password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}"
-    return url

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nas.study import _redact
+from nas.storage import redact as _redact
 from tests._pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from tests.test_robustness import (  # noqa: F401  (mlflow_template, tracked: fixtures)
     check_parallel_study,

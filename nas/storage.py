@@ -1,0 +1,142 @@
+"""Study storage: URLs, drivers, the slot lock, slot counting and trial heartbeats.
+
+No torch here: :mod:`nas.pareto` (which only reads a database and draws) imports this module
+and :mod:`nas.points`, never the trainer.
+
+A slot is a trial in COMPLETE, PRUNED, RUNNING or WAITING state, or a FAIL that was not
+superseded by a retry; see :func:`count_slots`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from nas._filelock import file_lock
+
+__all__ = ["Heartbeat", "check_storage", "count_slots", "engine_url", "pid_alive", "redact", "slot_lock"]
+
+
+def engine_url(url: str) -> str:
+    """The SQLAlchemy URL for a ``study.storage`` value.
+
+    A bare ``postgresql://`` means psycopg 3 to SQLAlchemy 2.1, psycopg2 to 2.0; the project's
+    ``postgres`` extra installs psycopg2. So a bare URL gets the driver that is installed.
+
+    Raises:
+        ImportError: a PostgreSQL URL and no driver installed (the message says what to install).
+    """
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + url[len("postgresql://"):]
+    if importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    raise ImportError(f"study.storage={redact(url)} needs a PostgreSQL driver: "
+                      "pip install 'portrait-nas[postgres]' (psycopg2-binary)")
+
+
+def check_storage(url: str) -> None:
+    """Fail early, before any data is loaded, when a SQLite storage's folder cannot take the file.
+
+    Raises:
+        OSError: the folder does not exist or is not writable (the message names it).
+    """
+    if url.startswith("sqlite"):
+        path = url.split("sqlite:///", 1)[-1]
+        if path and path != ":memory:":
+            parent = Path(path).parent
+            if not parent.is_dir() or not os.access(parent, os.W_OK):
+                raise OSError(f"study.storage={url!r}: folder {parent.resolve()} does not exist or is not writable")
+
+
+@contextlib.contextmanager
+def slot_lock(storage_url: str, study_name: str) -> Iterator[None]:
+    """Serialise the count-then-ask step of all workers of one study.
+
+    PostgreSQL: ``pg_advisory_lock`` (any number of machines). SQLite: an
+    exclusive ``flock`` on ``<db>.lock`` (one machine, as SQLite itself).
+    """
+    if storage_url.startswith("postgresql"):
+        import sqlalchemy
+
+        engine = _engines.get(storage_url) or _engines.setdefault(storage_url,
+                                                                  sqlalchemy.create_engine(engine_url(storage_url)))
+        key = int(hashlib.sha1(study_name.encode()).hexdigest()[:15], 16)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+    else:
+        with file_lock(storage_url.split("sqlite:///", 1)[-1] + ".lock"):
+            yield
+
+
+_engines: dict[str, Any] = {}
+
+
+def count_slots(trials: Sequence[FrozenTrial]) -> dict[str, int]:
+    """Slots used, and the trials by state; see the module docstring for what a slot is."""
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    by = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
+    for t in trials:
+        if t.state.name in by:
+            by[t.state.name] += 1
+    superseded = sum(1 for t in trials if t.state == TrialState.FAIL and t.number in retried)
+    return {"slots": sum(by.values()) - superseded, "retried": superseded, **{k.lower(): v for k, v in by.items()}}
+
+
+class Heartbeat:
+    """Records a trial's heartbeat every ``interval`` seconds in a daemon thread."""
+
+    def __init__(self, storage: RDBStorage, trial_id: int, interval: int):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(storage, trial_id, interval), daemon=True)
+
+    def _run(self, storage: RDBStorage, trial_id: int, interval: int) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):  # a missed beat is retried; the trial must not die of it
+                storage.record_heartbeat(trial_id)
+            self._stop.wait(interval)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}"
+    return url
