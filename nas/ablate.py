@@ -36,8 +36,8 @@ import copy
 import hashlib
 import json
 import math
-import socket
 import os
+import socket
 import statistics
 import warnings
 from dataclasses import dataclass, field, replace
@@ -52,8 +52,19 @@ from nas.rungs import apply_overrides
 from nas.train import DataBundle, TrainConfig, load_data, train_genotype
 from search_spaces import Genotype, genotype_from_dict, get_genotype
 
-__all__ = ["Variant", "Experiment", "load_experiment", "apply_edits", "variant_genotype", "variant_train_config",
-           "Cell", "run_ablation", "write_results", "delta_interval", "CI_METHOD"]
+__all__ = [
+    "Variant",
+    "Experiment",
+    "load_experiment",
+    "apply_edits",
+    "variant_genotype",
+    "variant_train_config",
+    "Cell",
+    "run_ablation",
+    "write_results",
+    "delta_interval",
+    "CI_METHOD",
+]
 
 _TOP_KEYS = {"name", "title", "description", "citation", "base", "seeds", "baseline", "variants"}
 _VARIANT_KEYS = {"name", "description", "genotype", "edits", "train", "reference"}
@@ -136,11 +147,17 @@ def load_experiment(name_or_path: str, experiments_dir: str | Path = "experiment
         if bad:
             raise _fail(p, f"variant {v['name']!r}: unknown key(s) {bad}; allowed: {sorted(_VARIANT_KEYS)}")
         ref = v.get("reference") or {}
-        variants.append(Variant(
-            name=str(v["name"]), genotype=dict(v.get("genotype") or {}), edits=tuple(v.get("edits") or ()),
-            train=dict(v.get("train") or {}), reference_miou=ref.get("miou"), reference_source=ref.get("source"),
-            description=str(v.get("description", "")),
-        ))
+        variants.append(
+            Variant(
+                name=str(v["name"]),
+                genotype=dict(v.get("genotype") or {}),
+                edits=tuple(v.get("edits") or ()),
+                train=dict(v.get("train") or {}),
+                reference_miou=ref.get("miou"),
+                reference_source=ref.get("source"),
+                description=str(v.get("description", "")),
+            )
+        )
     if not variants:
         raise _fail(p, "no variants")
     names = [v.name for v in variants]
@@ -149,10 +166,18 @@ def load_experiment(name_or_path: str, experiments_dir: str | Path = "experiment
     baseline = str(d.get("baseline") or names[0])
     if baseline not in names:
         raise _fail(p, f"baseline={baseline!r} is not a variant; variants: {names}")
-    exp = Experiment(name=str(d["name"]), path=p, model=model, train=dict(base.get("train") or {}),
-                     seeds=tuple(int(s) for s in d.get("seeds") or (0,)), variants=tuple(variants), baseline=baseline,
-                     title=str(d.get("title", "")), description=str(d.get("description", "")),
-                     citation=str(d.get("citation", "")))
+    exp = Experiment(
+        name=str(d["name"]),
+        path=p,
+        model=model,
+        train=dict(base.get("train") or {}),
+        seeds=tuple(int(s) for s in d.get("seeds") or (0,)),
+        variants=tuple(variants),
+        baseline=baseline,
+        title=str(d.get("title", "")),
+        description=str(d.get("description", "")),
+        citation=str(d.get("citation", "")),
+    )
     for v in exp.variants:  # fail now, not hours into the run
         try:
             variant_genotype(exp, v, variant_train_config(TrainConfig(), exp, v))
@@ -276,7 +301,9 @@ def run_ablation(
     seeds = tuple(seeds) if seeds else exp.seeds
     configs = {v.name: variant_train_config(base_train, exp, v, fidelity) for v in exp.variants}
     genotypes = {v.name: variant_genotype(exp, v, configs[v.name]) for v in exp.variants}
-    costs = {n: genotype_cost(g.replace(input_size=tuple(cost_input_size)), cost_input_size) for n, g in genotypes.items()}
+    costs = {
+        n: genotype_cost(g.replace(input_size=tuple(cost_input_size)), cost_input_size) for n, g in genotypes.items()
+    }
     cells: list[Cell] = []
     if train:
         data_cache: dict[tuple, DataBundle] = {}
@@ -289,10 +316,20 @@ def run_ablation(
                 finished = [r for r in done if r.info.status == "FINISHED" and "val/miou" in r.data.metrics]
                 if finished:
                     r = finished[0]
-                    cells.append(Cell(v.name, seed, r.data.metrics["val/miou"], r.data.metrics.get("val/miou_2class",
-                                      float("nan")), r.info.run_id, True))
-                    log(f"[{exp.name}] {v.name} seed {seed}: read back from MLflow run {r.info.run_id[:8]} "
-                        f"(mIoU {r.data.metrics['val/miou']:.2f})")
+                    cells.append(
+                        Cell(
+                            v.name,
+                            seed,
+                            r.data.metrics["val/miou"],
+                            r.data.metrics.get("val/miou_2class", float("nan")),
+                            r.info.run_id,
+                            True,
+                        )
+                    )
+                    log(
+                        f"[{exp.name}] {v.name} seed {seed}: read back from MLflow run {r.info.run_id[:8]} "
+                        f"(mIoU {r.data.metrics['val/miou']:.2f})"
+                    )
                     continue
                 for r in done:  # a crashed earlier attempt: closed as FAILED, then retried
                     if r.info.status == RUNNING:
@@ -302,20 +339,32 @@ def run_ablation(
                     data_cache[key] = load_data(data_root, tcfg, cache_dir=cache_dir, progress=False)
                 rid = None
                 if tracker:
-                    rid = tracker.start_run(f"{exp.name}/{v.name}/seed{seed}", tags={
-                        "ablation": exp.name, "variant": v.name, "seed": seed, "cell": h, "archid": g.archid(),
-                        "host": socket.gethostname(), "pid": os.getpid()})
+                    rid = tracker.start_run(
+                        f"{exp.name}/{v.name}/seed{seed}",
+                        tags={
+                            "ablation": exp.name,
+                            "variant": v.name,
+                            "seed": seed,
+                            "cell": h,
+                            "archid": g.archid(),
+                            "host": socket.gethostname(),
+                            "pid": os.getpid(),
+                        },
+                    )
                     tracker.log_params(rid, {f"train.{k}": val for k, val in tcfg.as_dict().items()})
                     tracker.log_params(rid, {f"genotype.{k}": val for k, val in g.flat_params().items()})
                     tracker.log_metrics(rid, {"params": costs[v.name].params, "conv_macs": costs[v.name].conv_macs})
                     tracker.log_text(rid, g.to_yaml(), "genotype.yaml")
-                log(f"[{exp.name}] training {v.name} seed {seed} ({tcfg.epochs} epochs at "
-                    f"{tcfg.input_size[0]}x{tcfg.input_size[1]})")
+                log(
+                    f"[{exp.name}] training {v.name} seed {seed} ({tcfg.epochs} epochs at "
+                    f"{tcfg.input_size[0]}x{tcfg.input_size[1]})"
+                )
 
                 def on_epoch(rec, rid=rid) -> None:
                     if tracker:
-                        tracker.log_metrics(rid, {"train/loss": rec.train_loss, "holdout/miou": rec.holdout_miou},
-                                            step=rec.global_epoch)
+                        tracker.log_metrics(
+                            rid, {"train/loss": rec.train_loss, "holdout/miou": rec.holdout_miou}, step=rec.global_epoch
+                        )
 
                 try:
                     res = train_genotype(g, tcfg, data_cache[key], on_epoch=on_epoch)
@@ -336,8 +385,9 @@ def run_ablation(
 CI_METHOD = "Welch's t 95% interval over seeds, unequal variances (Welch 1947)"
 
 
-def delta_interval(variant: Sequence[float], baseline: Sequence[float],
-                   confidence: float = 0.95) -> tuple[float, float] | None:
+def delta_interval(
+    variant: Sequence[float], baseline: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float] | None:
     """Interval for mean(``variant``) - mean(``baseline``) over seeds, or None where undefined.
 
     Method: Welch's unequal-variances t interval (B. L. Welch, "The generalization of
@@ -424,13 +474,21 @@ def write_results(exp: Experiment, result: dict[str, Any], results_dir: str | Pa
         raise OSError(f"results_dir={out} cannot be created: {exc.strerror or exc}") from None
     cols = ["variant", "params", "conv_macs"]
     if trained:
-        cols += ["miou_mean", "miou_std", "delta_miou", "delta_ci_lo", "delta_ci_hi", "outside_noise",
-                 "miou_2class_mean", "seeds"]
+        cols += [
+            "miou_mean",
+            "miou_std",
+            "delta_miou",
+            "delta_ci_lo",
+            "delta_ci_hi",
+            "outside_noise",
+            "miou_2class_mean",
+            "seeds",
+        ]
     cols += ["reference_miou", "reference_source"]
     f = result["fidelity"]
     notes = [
         "params: trainable parameters; conv_macs: convolution multiply-accumulates at 224x224 (the papers' "
-        "\"FLOPs\"; per nn.Conv2d: outputs x C_in/groups x kH x kW).",
+        '"FLOPs"; per nn.Conv2d: outputs x C_in/groups x kH x kW).',
     ]
     if trained:
         notes += [
@@ -450,8 +508,22 @@ def write_results(exp: Experiment, result: dict[str, Any], results_dir: str | Pa
         notes.append("train=false: costs only, no training.")
     if exp.citation:
         notes.append(f"reference figures: {exp.citation}")
-    digits = {"miou_mean": 2, "miou_std": 2, "delta_miou": 2, "delta_ci_lo": 2, "delta_ci_hi": 2,
-              "miou_2class_mean": 2, "reference_miou": 2}
+    digits = {
+        "miou_mean": 2,
+        "miou_std": 2,
+        "delta_miou": 2,
+        "delta_ci_lo": 2,
+        "delta_ci_hi": 2,
+        "miou_2class_mean": 2,
+        "reference_miou": 2,
+    }
     yes_no = {"outside_noise": lambda b: None if b is None else ("yes" if b else "no")}
-    return write_table(result["rows"], out / exp.name, columns=cols, title=exp.title or exp.name, notes=notes,
-                       float_digits=digits, display=yes_no)
+    return write_table(
+        result["rows"],
+        out / exp.name,
+        columns=cols,
+        title=exp.title or exp.name,
+        notes=notes,
+        float_digits=digits,
+        display=yes_no,
+    )

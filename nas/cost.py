@@ -211,7 +211,9 @@ class CostReport:
 
 def cheap_cost(model: nn.Module, input_size: tuple[int, int]) -> CostReport:
     """Parameters and conv MACs of a built model (one batch-1 forward pass)."""
-    return CostReport(params=count_params(model), conv_macs=count_conv_macs(model, input_size), input_size=tuple(input_size))
+    return CostReport(
+        params=count_params(model), conv_macs=count_conv_macs(model, input_size), input_size=tuple(input_size)
+    )
 
 
 def genotype_cost(genotype: Any, input_size: tuple[int, int]) -> CostReport:

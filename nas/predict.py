@@ -39,8 +39,9 @@ def _expand(inputs: Sequence[str]) -> list[Path]:
 
 
 @torch.no_grad()
-def predict_image(model: torch.nn.Module, image: np.ndarray, size: tuple[int, int],
-                  preprocessing: Preprocessing = OURS) -> np.ndarray:
+def predict_image(
+    model: torch.nn.Module, image: np.ndarray, size: tuple[int, int], preprocessing: Preprocessing = OURS
+) -> np.ndarray:
     """Person mask of one RGB uint8 H x W x 3 image: uint8 H x W in {0, 1}.
 
     The image is resized to ``size`` = (h, w) and normalised as ``preprocessing`` says, scored,
@@ -53,8 +54,16 @@ def predict_image(model: torch.nn.Module, image: np.ndarray, size: tuple[int, in
 
 
 @torch.no_grad()
-def evaluate_checkpoint(checkpoint: str | Path, root=None, split: str = "val", input_size=None, batch_size: int = 64,
-                        cache_dir=None, fraction: float = 1.0, return_predictions: bool = False) -> dict:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    root=None,
+    split: str = "val",
+    input_size=None,
+    batch_size: int = 64,
+    cache_dir=None,
+    fraction: float = 1.0,
+    return_predictions: bool = False,
+) -> dict:
     """Score a checkpoint on an EG1800 split with its own preprocessing (what ``nas-eval`` runs).
 
     Labels are nearest-resized to ``input_size`` (default: the genotype's); the metric is
@@ -77,20 +86,27 @@ def evaluate_checkpoint(checkpoint: str | Path, root=None, split: str = "val", i
     images = load_eval_images(pre, arrays.ids, root, size, cached=arrays.images)
     metrics, preds = SegmentationMetrics(), []
     for s in range(0, len(arrays), batch_size):
-        logits = model(pre.apply(images[s:s + batch_size]))
-        target = torch.from_numpy(arrays.masks[s:s + batch_size]).long()
+        logits = model(pre.apply(images[s : s + batch_size]))
+        target = torch.from_numpy(arrays.masks[s : s + batch_size]).long()
         metrics.update(logits, target)
         if return_predictions:
             preds.append(predictions_from_logits(logits).numpy().astype(np.uint8))
     out = metrics.compute()
-    out.update(images=len(arrays), skipped_ids=len(arrays.skipped_ids), input_size=list(size), ids=list(arrays.ids),
-               preprocessing=pre.to_dict())
+    out.update(
+        images=len(arrays),
+        skipped_ids=len(arrays.skipped_ids),
+        input_size=list(size),
+        ids=list(arrays.ids),
+        preprocessing=pre.to_dict(),
+    )
     if return_predictions:
         out["predictions"] = np.concatenate(preds) if preds else np.zeros((0, *size), np.uint8)
     return out
 
 
-def predict_files(checkpoint: str, inputs: Sequence[str], out_dir: str, input_size=None) -> list[tuple[Path, Path, Path]]:
+def predict_files(
+    checkpoint: str, inputs: Sequence[str], out_dir: str, input_size=None
+) -> list[tuple[Path, Path, Path]]:
     """Write ``<stem>_mask.png`` (0/255) and ``<stem>_overlay.png`` for each input image.
 
     Raises:

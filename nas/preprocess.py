@@ -78,8 +78,10 @@ class Preprocessing:
             raise ValueError(f"preprocessing mean={self.mean} / std={self.std}: three values each expected")
         bad = [v for v in (*self.std, self.scale) if not (math.isfinite(v) and v > 0)]
         if bad or not all(math.isfinite(v) for v in self.mean):
-            raise ValueError(f"preprocessing std={self.std}, scale={self.scale}, mean={self.mean}: "
-                             "std and scale must be positive finite numbers, mean finite")
+            raise ValueError(
+                f"preprocessing std={self.std}, scale={self.scale}, mean={self.mean}: "
+                "std and scale must be positive finite numbers, mean finite"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for a checkpoint: ``{channel_order, mean, std, scale}``."""
@@ -118,7 +120,10 @@ class Preprocessing:
         return perm, a, b
 
     def resize_image(self, image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """A full-resolution RGB uint8 H x W x 3 image at ``size`` = (h, w): uint8 (``area``) or float32 (``bilinear``)."""
+        """A full-resolution RGB uint8 H x W x 3 image at ``size`` = (h, w).
+
+        Returns uint8 (``area``) or float32 (``bilinear``).
+        """
         h, w = size
         if image.shape[:2] == (h, w):
             return image
@@ -143,12 +148,19 @@ class Preprocessing:
 
 OURS = Preprocessing("RGB", MEAN_RGB, STD_RGB, 1.0)
 # The release's ToTensor divides by 255 *after* normalising (its README); B, G, R order.
-RELEASE = Preprocessing("BGR", (107.304565, 115.69884, 132.35703), (63.97182, 65.1337, 68.29726), 1.0 / 255.0,
-                        resize="bilinear")
+RELEASE = Preprocessing(
+    "BGR", (107.304565, 115.69884, 132.35703), (63.97182, 65.1337, 68.29726), 1.0 / 255.0, resize="bilinear"
+)
 
 
-def load_eval_images(pre: Preprocessing, ids: list[str], root, size: tuple[int, int],
-                     cached: np.ndarray | None = None, load: Callable | None = None) -> np.ndarray:
+def load_eval_images(
+    pre: Preprocessing,
+    ids: list[str],
+    root,
+    size: tuple[int, int],
+    cached: np.ndarray | None = None,
+    load: Callable | None = None,
+) -> np.ndarray:
     """Images of ``ids`` at ``size`` the way ``pre`` resizes: N x h x w x 3 (uint8 or float32 RGB).
 
     ``area``: the cached uint8 arrays (``cached``, from :func:`nas.data.load_split_arrays`) as they are.

@@ -54,16 +54,27 @@ def _s2_module(ours: str, rel: str, n_branches: int) -> dict[str, str]:
     m = {f"{ours}.reduce": f"{rel}.c1.conv", f"{ours}.br.0": f"{rel}.BR.bn", f"{ours}.br.1": f"{rel}.BR.act"}
     for b in range(n_branches):
         o, r = f"{ours}.branches.{b}", f"{rel}.d{b + 1}"
-        m.update({f"{o}.depthwise": f"{r}.conv.0", f"{o}.bn1": f"{r}.conv.1", f"{o}.act": f"{r}.act_conv1x1.0",
-                  f"{o}.pointwise": f"{r}.act_conv1x1.1", f"{o}.bn2": f"{r}.bn"})
+        m.update(
+            {
+                f"{o}.depthwise": f"{r}.conv.0",
+                f"{o}.bn1": f"{r}.conv.1",
+                f"{o}.act": f"{r}.act_conv1x1.0",
+                f"{o}.pointwise": f"{r}.act_conv1x1.1",
+                f"{o}.bn2": f"{r}.bn",
+            }
+        )
     return m
 
 
 def _se_down(ours: str, rel: str, reduction: int) -> dict[str, str]:
     """SINet SE separable downsampling: ``conv.0`` depthwise, ``conv.1.dense`` SE, ``conv.2`` pointwise."""
     dense = 4 if reduction > 1 else 2
-    m = {f"{ours}.depthwise": f"{rel}.conv.0", f"{ours}.pointwise": f"{rel}.conv.2",
-         f"{ours}.br.0": f"{rel}.bn", f"{ours}.br.1": f"{rel}.act"}
+    m = {
+        f"{ours}.depthwise": f"{rel}.conv.0",
+        f"{ours}.pointwise": f"{rel}.conv.2",
+        f"{ours}.br.0": f"{rel}.bn",
+        f"{ours}.br.1": f"{rel}.act",
+    }
     m.update({f"{ours}.se.dense.{i}": f"{rel}.conv.1.dense.{i}" for i in range(dense)})
     return m
 
@@ -89,8 +100,11 @@ def release_key_map(model: str = "sinet") -> dict[str, str]:
     """
     g = get_genotype(model)
     if model == "sinet":
-        m = {"encoder.stem.0": "encoder.level1.conv", "encoder.stem.1": "encoder.level1.bn",
-             "encoder.stem.2": "encoder.level1.act"}
+        m = {
+            "encoder.stem.0": "encoder.level1.conv",
+            "encoder.stem.1": "encoder.level1.bn",
+            "encoder.stem.2": "encoder.level1.act",
+        }
         for si, (down, level) in enumerate((("level2_0", "level2"), ("level3_0", "level3"))):
             st = g.stages[si]
             m.update(_se_down(f"encoder.downs.{si}", f"encoder.{down}", st.se_reduction))
@@ -98,17 +112,32 @@ def release_key_map(model: str = "sinet") -> dict[str, str]:
                 m.update(_s2_module(f"encoder.stages.{si}.{mi}", f"encoder.{level}.{mi}", len(mod.branches)))
             br = f"encoder.BR{si + 2}"
             m.update({f"encoder.merges.{si}.0": f"{br}.bn", f"encoder.merges.{si}.1": f"{br}.act"})
-        m.update({"classifier": "encoder.classifier.conv", "decoder.bn_low": "bn_3", "decoder.skip.0": "level2_C.conv",
-                  "decoder.skip.1": "level2_C.bn", "decoder.skip.2": "level2_C.act", "decoder.bn_mid": "bn_2",
-                  "decoder.classifier": "classifier.1"})
+        m.update(
+            {
+                "classifier": "encoder.classifier.conv",
+                "decoder.bn_low": "bn_3",
+                "decoder.skip.0": "level2_C.conv",
+                "decoder.skip.1": "level2_C.bn",
+                "decoder.skip.2": "level2_C.act",
+                "decoder.bn_mid": "bn_2",
+                "decoder.classifier": "classifier.1",
+            }
+        )
         return m
     if model == "extremec3net":
-        m = {"encoder.stem.0": "encoder.level1.conv", "encoder.stem.1": "encoder.level1.bn",
-             "encoder.stem.2": "encoder.level1.act", "encoder.stem_merge.0": "encoder.b1.bn",
-             "encoder.stem_merge.1": "encoder.b1.act"}
+        m = {
+            "encoder.stem.0": "encoder.level1.conv",
+            "encoder.stem.1": "encoder.level1.bn",
+            "encoder.stem.2": "encoder.level1.act",
+            "encoder.stem_merge.0": "encoder.b1.bn",
+            "encoder.stem_merge.1": "encoder.b1.act",
+        }
         # (ours stage, module) -> (release name, its BR prefix): level2_0 keeps a flat bn/act.
-        names = {(0, 0): ("encoder.level2_0", ""), (0, 1): ("encoder.level2.0", "bn."),
-                 (1, 0): ("encoder.level3_0", "bn.")}
+        names = {
+            (0, 0): ("encoder.level2_0", ""),
+            (0, 1): ("encoder.level2.0", "bn."),
+            (1, 0): ("encoder.level3_0", "bn."),
+        }
         names.update({(1, i + 1): (f"encoder.level3.{i}", "bn.") for i in range(len(g.stages[1].modules) - 1)})
         for si, st in enumerate(g.stages):
             for mi, mod in enumerate(st.modules):
@@ -116,8 +145,16 @@ def release_key_map(model: str = "sinet") -> dict[str, str]:
                 m.update(_c3_module(f"encoder.stages.{si}.{mi}", rel, len(mod.branches), br))
             b = f"encoder.b{si + 2}"
             m.update({f"encoder.merges.{si}.0": f"{b}.bn", f"encoder.merges.{si}.1": f"{b}.act"})
-        m.update({"coarse.0": "upsample.0", "coarse.1": "upsample.1", "fine.0": "Fine.0.conv",
-                  "fuse.0": "classifier.0.bn", "fuse.1": "classifier.0.act", "head": "classifier.2"})
+        m.update(
+            {
+                "coarse.0": "upsample.0",
+                "coarse.1": "upsample.1",
+                "fine.0": "Fine.0.conv",
+                "fuse.0": "classifier.0.bn",
+                "fuse.1": "classifier.0.act",
+                "head": "classifier.2",
+            }
+        )
         m.update(_c3_module("fine.1", "Fine.1", len(g.detail_module.branches), "bn."))
         return m
     raise ValueError(f"no release key map for model={model!r}; allowed: sinet, extremec3net")
@@ -164,7 +201,8 @@ def detect_release_model(state: dict[str, torch.Tensor], where: str = "release f
         sample = ", ".join(list(state)[:6])
         raise ReleaseImportError(
             f"{where}: not a released SINet or ExtremeC3Net state_dict (looked for "
-            f"{' / '.join(_SIGNATURE.values())}); its first keys: {sample or '<none>'}")
+            f"{' / '.join(_SIGNATURE.values())}); its first keys: {sample or '<none>'}"
+        )
     return found[0]
 
 
@@ -195,7 +233,8 @@ def import_release(path: str | Path, model: str | None = None) -> tuple[torch.nn
     if model is not None and model != found:
         raise ReleaseImportError(
             f"{path}: this is a released {found} state_dict (key {_SIGNATURE[found]!r}), not {model!r}; "
-            f"pass model={found} or the other release file")
+            f"pass model={found} or the other release file"
+        )
     cls_key = _CLASSIFIER[found]
     if cls_key not in state:
         raise ReleaseImportError(f"{path}: missing release key(s): {cls_key} (the classifier, which gives the classes)")
@@ -210,11 +249,16 @@ def import_release(path: str | Path, model: str | None = None) -> tuple[torch.nn
     unexpected = sorted(set(state) - set(mapping.values()))
     if missing or unexpected:
         parts = ([f"missing release key(s): {_fmt(missing)}"] if missing else []) + (
-            [f"unexpected key(s): {_fmt(unexpected)}"] if unexpected else [])
-        raise ReleaseImportError(f"{path}: does not match the released {found} ({num_classes} classes): "
-                                 + "; ".join(parts))
-    bad = [f"{r} {tuple(state[r].shape)} (ours {k} {tuple(ours[k].shape)})"
-           for k, r in mapping.items() if r in state and state[r].shape != ours[k].shape]
+            [f"unexpected key(s): {_fmt(unexpected)}"] if unexpected else []
+        )
+        raise ReleaseImportError(
+            f"{path}: does not match the released {found} ({num_classes} classes): " + "; ".join(parts)
+        )
+    bad = [
+        f"{r} {tuple(state[r].shape)} (ours {k} {tuple(ours[k].shape)})"
+        for k, r in mapping.items()
+        if r in state and state[r].shape != ours[k].shape
+    ]
     if bad:
         raise ReleaseImportError(f"{path}: tensor shapes do not match the released {found}: {_fmt(bad, 6)}")
     loaded = {k: (state[r] if r in state else torch.zeros_like(ours[k])) for k, r in mapping.items()}
@@ -236,14 +280,25 @@ def write_release_checkpoint(path: str | Path, output: str | Path, model: str | 
     from nas.checkpoint import save_checkpoint
 
     net, info = import_release(path, model)
-    out = save_checkpoint(output, net.genotype, net.state_dict(), preprocessing=RELEASE,
-                          train={"source": "release", "release_file": str(Path(path).resolve())},
-                          metrics={})
-    return {"checkpoint": str(out), "model": info["model"], "num_classes": info["num_classes"],
-            "params": info["params"]}
+    out = save_checkpoint(
+        output,
+        net.genotype,
+        net.state_dict(),
+        preprocessing=RELEASE,
+        train={"source": "release", "release_file": str(Path(path).resolve())},
+        metrics={},
+    )
+    return {
+        "checkpoint": str(out),
+        "model": info["model"],
+        "num_classes": info["num_classes"],
+        "params": info["params"],
+    }
 
 
-def _raw_input_consumers(model: torch.nn.Module) -> tuple[list[tuple[str, str | None]], list[tuple[str, str, int, str]]]:
+def _raw_input_consumers(
+    model: torch.nn.Module,
+) -> tuple[list[tuple[str, str | None]], list[tuple[str, str, int, str]]]:
     """Layers that read the raw image: ``(conv, bn_after or None)`` and ``(bn, prelu, first slot, next conv)``."""
     g = model.genotype
     if g.family == "sinet":
@@ -256,8 +311,9 @@ def _raw_input_consumers(model: torch.nn.Module) -> tuple[list[tuple[str, str | 
         if st.inject_input:
             if si + 1 >= len(g.stages):
                 raise ValueError(f"adapt_input: stage {si} injects the input but is the last stage (not supported)")
-            slots.append((f"encoder.merges.{si}.0", f"encoder.merges.{si}.1", 2 * st.width,
-                          f"encoder.stages.{si + 1}.0.reduce"))
+            slots.append(
+                (f"encoder.merges.{si}.0", f"encoder.merges.{si}.1", 2 * st.width, f"encoder.stages.{si + 1}.0.reduce")
+            )
     return convs, slots
 
 
@@ -292,9 +348,17 @@ def adapt_input(model: torch.nn.Module, src, dst) -> torch.nn.Module:
             mods[bn_name].running_mean -= offset
     for bn_name, act_name, start, next_conv in _raw_input_consumers(model)[1]:
         bn, act, nxt = mods[bn_name], mods[act_name], mods[next_conv].weight
-        saved = {k: t[start:start + 3].clone() for k, t in (("g", bn.weight), ("be", bn.bias), ("m", bn.running_mean),
-                                                              ("v", bn.running_var), ("p", act.weight))}
-        nxt_old = nxt[:, start:start + 3].clone()
+        saved = {
+            k: t[start : start + 3].clone()
+            for k, t in (
+                ("g", bn.weight),
+                ("be", bn.bias),
+                ("m", bn.running_mean),
+                ("v", bn.running_var),
+                ("p", act.weight),
+            )
+        }
+        nxt_old = nxt[:, start : start + 3].clone()
         for c in range(3):
             j = start + perm[c]
             bn.weight[j], bn.bias[j], act.weight[j] = saved["g"][c], saved["be"][c], saved["p"][c]

@@ -186,9 +186,9 @@ def plot_fronts(fronts: Mapping[str, Sequence[FrontPoint]], png_path: str | Path
     x axes. Parent folders are created. Returns ``(png_path, html_path)``.
     """
     import matplotlib
-    from matplotlib.colors import to_hex
-    from matplotlib.figure import Figure      # no pyplot: Agg canvas, global backend untouched
     import plotly.graph_objects as go
+    from matplotlib.colors import to_hex
+    from matplotlib.figure import Figure  # no pyplot: Agg canvas, global backend untouched
     from plotly.subplots import make_subplots
 
     png_path, html_path = Path(png_path), Path(html_path)

@@ -108,14 +108,17 @@ class SearchSettings:
     extra_costs: bool = True
     latency_threads: int = 1
     output_dir: str = "runs/search"
-    reference_point: dict[str, float] = field(default_factory=lambda: {"miou": 50.0, "params": 200_000,
-                                                                        "conv_macs": 300_000_000})
+    reference_point: dict[str, float] = field(
+        default_factory=lambda: {"miou": 50.0, "params": 200_000, "conv_macs": 300_000_000}
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             # study.name=nan / true / 1e3 reach us as a float or bool (YAML typing): say so, not MLflow later
-            raise ValueError(f"study.name={self.name!r} ({type(self.name).__name__}); allowed: a non-empty string "
-                             f"(quote a name that YAML reads as a number or boolean: study.name=\"'{self.name}'\")")
+            raise ValueError(
+                f"study.name={self.name!r} ({type(self.name).__name__}); allowed: a non-empty string "
+                f"(quote a name that YAML reads as a number or boolean: study.name=\"'{self.name}'\")"
+            )
         if self.mode not in MODES:
             raise ValueError(f"study.mode={self.mode!r}; allowed: {', '.join(MODES)}")
         if not isinstance(self.n_trials, int) or self.n_trials < 1:
@@ -134,8 +137,9 @@ class SearchSettings:
 # -- storage and locking ------------------------------------------------------------------------
 
 
-def open_study(s: SearchSettings, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner | None = None
-               ) -> tuple[optuna.Study, RDBStorage]:
+def open_study(
+    s: SearchSettings, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner | None = None
+) -> tuple[optuna.Study, RDBStorage]:
     """Create or load the study (``load_if_exists``) on heartbeat-enabled RDB storage.
 
     Raises:
@@ -152,16 +156,25 @@ def open_study(s: SearchSettings, sampler: optuna.samplers.BaseSampler, pruner: 
     # Workers started together on a new database would race to create its tables ("table already exists")
     with slot_lock(s.storage, "portrait-nas/create-tables"):
         storage = RDBStorage(
-            engine_url(s.storage), heartbeat_interval=s.heartbeat_interval, grace_period=s.grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=s.max_retry), **kwargs,
+            engine_url(s.storage),
+            heartbeat_interval=s.heartbeat_interval,
+            grace_period=s.grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=s.max_retry),
+            **kwargs,
         )
         study = optuna.create_study(
-            study_name=s.name, storage=storage, sampler=sampler, pruner=pruner if s.mode == "constrained" else None,
-            directions=directions, load_if_exists=True,
+            study_name=s.name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner if s.mode == "constrained" else None,
+            directions=directions,
+            load_if_exists=True,
         )
     if [d.name.lower() for d in study.directions] != [d + "" for d in directions]:
-        raise ValueError(f"study {s.name!r} exists with {len(study.directions)} objective(s); "
-                         f"study.mode={s.mode} needs {len(directions)}: use another study.name")
+        raise ValueError(
+            f"study {s.name!r} exists with {len(study.directions)} objective(s); "
+            f"study.mode={s.mode} needs {len(directions)}: use another study.name"
+        )
     study.set_metric_names(list(OBJECTIVES) if s.mode == "pareto" else ["miou"])
     return study, storage
 
@@ -181,9 +194,17 @@ class StudyWorker:
         sampler / pruner: built from config by the caller.
     """
 
-    def __init__(self, settings: SearchSettings, space: SearchSpace, train_cfg: TrainConfig, data: DataBundle,
-                 tracker: Tracker | None, sampler: optuna.samplers.BaseSampler,
-                 pruner: optuna.pruners.BasePruner | None = None, progress: bool = True):
+    def __init__(
+        self,
+        settings: SearchSettings,
+        space: SearchSpace,
+        train_cfg: TrainConfig,
+        data: DataBundle,
+        tracker: Tracker | None,
+        sampler: optuna.samplers.BaseSampler,
+        pruner: optuna.pruners.BasePruner | None = None,
+        progress: bool = True,
+    ):
         self.s, self.space, self.train_cfg, self.data, self.tracker = settings, space, train_cfg, data, tracker
         self.study, self.storage = open_study(settings, sampler, pruner)
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry)
@@ -203,16 +224,26 @@ class StudyWorker:
         if not self.tracker:
             return
         host, pid = socket.gethostname(), os.getpid()
-        for r in self.tracker.runs(f"tags.study = '{self.s.name}' and tags.role = 'worker' and attributes.status = 'RUNNING'"):
+        for r in self.tracker.runs(
+            f"tags.study = '{self.s.name}' and tags.role = 'worker' and attributes.status = 'RUNNING'"
+        ):
             if r.data.tags.get("host") == host and not pid_alive(int(r.data.tags.get("pid", "0"))):
                 self.tracker.end_run(r.info.run_id, KILLED)  # a worker killed before it could close its run
         self.parent_run = self.tracker.start_run(
-            f"{self.s.name}-worker-{host}-{pid}", tags={"study": self.s.name, "role": "worker", "host": host,
-                                                        "pid": pid, "mode": self.s.mode})
-        self.tracker.log_params(self.parent_run, {"mode": self.s.mode, "n_trials": self.s.n_trials,
-                                                  "storage": redact(self.s.storage), "space": type(self.space).__name__,
-                                                  **{f"budget.{k}": v for k, v in self.s.budgets.items()},
-                                                  **{f"fidelity.{k}": v for k, v in self.train_cfg.fidelity().items()}})
+            f"{self.s.name}-worker-{host}-{pid}",
+            tags={"study": self.s.name, "role": "worker", "host": host, "pid": pid, "mode": self.s.mode},
+        )
+        self.tracker.log_params(
+            self.parent_run,
+            {
+                "mode": self.s.mode,
+                "n_trials": self.s.n_trials,
+                "storage": redact(self.s.storage),
+                "space": type(self.space).__name__,
+                **{f"budget.{k}": v for k, v in self.s.budgets.items()},
+                **{f"fidelity.{k}": v for k, v in self.train_cfg.fidelity().items()},
+            },
+        )
 
     def _close_orphan_runs(self, trials: Sequence[FrozenTrial]) -> int:
         """Close MLflow runs of trials that ended FAIL while their run stayed RUNNING."""
@@ -272,8 +303,11 @@ class StudyWorker:
                 c, front = count_slots(trials), front_of(trials)
                 best = max((p.miou for p in front), default=float("nan"))
                 bar.n = min(c["slots"] - c["running"] - c["waiting"], self.s.n_trials)
-                bar.set_postfix(best_miou=f"{best:.2f}", front=len(front), infeasible=sum(
-                    1 for t in trials if t.user_attrs.get("feasible") is False))
+                bar.set_postfix(
+                    best_miou=f"{best:.2f}",
+                    front=len(front),
+                    infeasible=sum(1 for t in trials if t.user_attrs.get("feasible") is False),
+                )
                 bar.refresh()
         except KeyboardInterrupt:
             status = KILLED
@@ -292,8 +326,10 @@ class StudyWorker:
             with Heartbeat(self.storage, trial._trial_id, self.s.heartbeat_interval):
                 if self.tracker:
                     rid = self.tracker.start_run(
-                        f"trial-{trial.number:04d}", parent_run_id=self.parent_run,
-                        tags={"study": self.s.name, "trial": trial.number, "state": "RUNNING"})
+                        f"trial-{trial.number:04d}",
+                        parent_run_id=self.parent_run,
+                        tags={"study": self.s.name, "trial": trial.number, "state": "RUNNING"},
+                    )
                     trial.set_user_attr("mlflow_run_id", rid)
                 kind = self._evaluate(trial, rid)
         # skip_if_finished below: another worker may have failed (and retried) this trial meanwhile, had our
@@ -351,8 +387,12 @@ class StudyWorker:
                 over[key] = value > limit
         feasible = not any(over.values())
         trial.set_user_attr("feasible", feasible)
-        tags = {"archid": g.archid(), "family": g.family, "feasible": feasible,
-                "reference": trial.user_attrs.get("reference", "")}
+        tags = {
+            "archid": g.archid(),
+            "family": g.family,
+            "feasible": feasible,
+            "reference": trial.user_attrs.get("reference", ""),
+        }
         if self.tracker and rid:
             self.tracker.set_tags(rid, tags)
             self.tracker.log_params(rid, {f"genotype.{k}": v for k, v in g.flat_params().items()})
@@ -368,9 +408,16 @@ class StudyWorker:
 
         def on_epoch(rec) -> None:
             if self.tracker and rid:
-                self.tracker.log_metrics(rid, {"train/loss": rec.train_loss, "train/iou": rec.train_iou,
-                                               "holdout/miou": rec.holdout_miou,
-                                               "train/images_per_s": rec.images_per_s}, step=rec.global_epoch)
+                self.tracker.log_metrics(
+                    rid,
+                    {
+                        "train/loss": rec.train_loss,
+                        "train/iou": rec.train_iou,
+                        "holdout/miou": rec.holdout_miou,
+                        "train/images_per_s": rec.images_per_s,
+                    },
+                    step=rec.global_epoch,
+                )
             if pruning and rec.holdout_miou is not None:
                 trial.report(rec.holdout_miou, rec.global_epoch)
                 if trial.should_prune():
@@ -380,12 +427,17 @@ class StudyWorker:
         trial.set_user_attr("miou", res.miou)
         trial.set_user_attr("miou_2class", res.miou_2class)
         trial.set_user_attr("holdout_miou", res.holdout_miou)
-        metrics = {"val/miou": res.miou, "val/miou_2class": res.miou_2class, "train/images_per_s_mean": res.images_per_s}
+        metrics = {
+            "val/miou": res.miou,
+            "val/miou_2class": res.miou_2class,
+            "train/images_per_s_mean": res.images_per_s,
+        }
         if self.s.extra_costs:
             model = create_model(counted)
             metrics["fvcore_total"] = count_fvcore(model, self.s.cost_input_size)
-            metrics["latency_ms"], _ = measure_latency(model, self.s.cost_input_size, threads=self.s.latency_threads,
-                                                       warmup=2, repeats=5)
+            metrics["latency_ms"], _ = measure_latency(
+                model, self.s.cost_input_size, threads=self.s.latency_threads, warmup=2, repeats=5
+            )
             trial.set_user_attr("fvcore_total", metrics["fvcore_total"])
             trial.set_user_attr("latency_ms", metrics["latency_ms"])
         if self.tracker and rid:
@@ -419,15 +471,23 @@ class StudyWorker:
         if front:
             everything = trained_points(trials)
             refs = [p for p in everything if trials[p.trial].user_attrs.get("reference")]
-            png, html = plot_fronts({self.s.name: front}, out / "pareto.png", out / "pareto.html", references=refs,
-                                    all_points={self.s.name: everything}, title=f"{self.s.name}: Pareto front")
+            png, html = plot_fronts(
+                {self.s.name: front},
+                out / "pareto.png",
+                out / "pareto.html",
+                references=refs,
+                all_points={self.s.name: everything},
+                title=f"{self.s.name}: Pareto front",
+            )
             csv = write_front_csv(front, out / "pareto.csv")
             if self.tracker and self.parent_run:
                 for p in (png, html, csv):
                     self.tracker.log_artifact(self.parent_run, p, "pareto")
                 for p in exported:
                     self.tracker.log_artifact(self.parent_run, p, "pareto/genotypes")
-        n_infeasible = sum(1 for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("feasible") is False)
+        n_infeasible = sum(
+            1 for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("feasible") is False
+        )
         summary = {
             "study": self.s.name,
             "n_complete": sum(1 for t in trials if t.state == TrialState.COMPLETE) - n_infeasible,
@@ -435,8 +495,10 @@ class StudyWorker:
             "n_failed": c["fail"] - c["retried"],
             "n_pruned": c["pruned"],
             "n_retried": c["retried"],
-            "pareto": [{"trial": p.trial, "miou": round(p.miou, 3), "params": p.params, "conv_macs": p.conv_macs}
-                       for p in front],
+            "pareto": [
+                {"trial": p.trial, "miou": round(p.miou, 3), "params": p.params, "conv_macs": p.conv_macs}
+                for p in front
+            ],
             "hypervolume": hv,
             "reference_point": ref,
             "infeasible_time_fraction": self.timing["infeasible_s"] / max(self.timing.get("wall_s", 0.0), 1e-9),
@@ -444,9 +506,15 @@ class StudyWorker:
             "output_dir": str(out),
         }
         if self.tracker and self.parent_run:
-            self.tracker.log_metrics(self.parent_run, {"hypervolume": hv, "front_size": len(front),
-                                                       "n_infeasible": n_infeasible,
-                                                       "infeasible_time_fraction": summary["infeasible_time_fraction"]})
+            self.tracker.log_metrics(
+                self.parent_run,
+                {
+                    "hypervolume": hv,
+                    "front_size": len(front),
+                    "n_infeasible": n_infeasible,
+                    "infeasible_time_fraction": summary["infeasible_time_fraction"],
+                },
+            )
             self.tracker.log_dict(self.parent_run, summary, "summary.json")
             self.tracker.end_run(self.parent_run, status)
         return summary

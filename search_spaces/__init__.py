@@ -1,5 +1,7 @@
 """Search spaces: building blocks, network families and the spaces over them."""
 
+from . import extremec3 as _extremec3  # noqa: E402,F401
+from . import sinet as _sinet  # noqa: E402,F401  (registers the family and its named points)
 from .genotype import (
     BranchSpec,
     C3Genotype,
@@ -14,8 +16,6 @@ from .genotype import (
     load_genotype,
 )
 from .registry import create_model, get_genotype, list_models, model_info, register_family, register_model
-from . import sinet as _sinet  # noqa: E402,F401  (registers the family and its named points)
-from . import extremec3 as _extremec3  # noqa: E402,F401
 
 __all__ = [
     "BranchSpec",

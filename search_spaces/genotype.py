@@ -434,7 +434,9 @@ class C3Genotype(_GenotypeMixin):
     head_channels: int = 24
     detail_branch: bool = True
     detail_module: C3ModuleSpec = field(
-        default_factory=lambda: C3ModuleSpec(branches=(BranchSpec(dilation=2), BranchSpec(dilation=4), BranchSpec(dilation=8)))
+        default_factory=lambda: C3ModuleSpec(
+            branches=(BranchSpec(dilation=2), BranchSpec(dilation=4), BranchSpec(dilation=8))
+        )
     )
     decoder: str = "coarse_fine"
     num_classes: int = 2
@@ -464,14 +466,18 @@ class C3Genotype(_GenotypeMixin):
         if h % need or w % need:
             raise _err(name, "input_size", self.input_size, f"multiples of {need} (output stride {os_})")
         if self.decoder == "coarse_fine" and os_ != 4:
-            raise _err(name, "stages", f"<output stride {os_}>", "exactly one stride-2 stage for decoder='coarse_fine' (H/4)")
+            raise _err(
+                name, "stages", f"<output stride {os_}>", "exactly one stride-2 stage for decoder='coarse_fine' (H/4)"
+            )
         c_in = self.stem_channels + 3
         stride = 2
         for si, stage in enumerate(self.stages):
             where = f"stages[{si}]"
             _check_int(where, "width", stage.width, 1, 4096)
             if len(stage.modules) < 2:
-                raise _err(where, "modules", f"<{len(stage.modules)} modules>", "an entry module plus at least one more")
+                raise _err(
+                    where, "modules", f"<{len(stage.modules)} modules>", "an entry module plus at least one more"
+                )
             m_in = c_in
             for mi, mod in enumerate(stage.modules):
                 mwhere = f"{where}.modules[{mi}]"

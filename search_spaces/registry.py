@@ -86,7 +86,9 @@ def get_genotype(model: str | Path | Genotype, **overrides: Any) -> Genotype:
         elif s.endswith((".yaml", ".yml", ".json")) or Path(s).exists():
             g = load_genotype(s)
         else:
-            raise ValueError(f"unknown model {s!r}; registered: {', '.join(list_models())} (or a path to a .yaml genotype)")
+            raise ValueError(
+                f"unknown model {s!r}; registered: {', '.join(list_models())} (or a path to a .yaml genotype)"
+            )
     else:
         g = model
     overrides = {k: v for k, v in overrides.items() if v is not None}

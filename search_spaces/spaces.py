@@ -79,7 +79,10 @@ class SearchSpace(abc.ABC):
     def _base(self, base: str | Genotype) -> Genotype:
         g = get_genotype(base)
         if g.family != self.family:
-            raise ValueError(f"{type(self).__name__}.base={base!r} is a {g.family} genotype; allowed: a genotype of family {self.family}")
+            raise ValueError(
+                f"{type(self).__name__}.base={base!r} is a {g.family} genotype; "
+                f"allowed: a genotype of family {self.family}"
+            )
         return g
 
     def _per_stage(self, **lists: Sequence[Sequence[Any]]) -> list[list[list[Any]]]:
@@ -87,7 +90,9 @@ class SearchSpace(abc.ABC):
         n = len(self.base.stages)
         for name, v in lists.items():
             if len(v) != n:
-                raise ValueError(f"{type(self).__name__}.{name} has {len(v)} entries; allowed: one list per stage ({n})")
+                raise ValueError(
+                    f"{type(self).__name__}.{name} has {len(v)} entries; allowed: one list per stage ({n})"
+                )
         return [[list(x) for x in v] for v in lists.values()]
 
     def with_fidelity(self, num_classes: int, input_size: Sequence[int]) -> "SearchSpace":
@@ -158,8 +163,11 @@ class SINetSpace(SearchSpace):
             stages.append(SINetStage(base.down_channels, base.se_reduction, width, tuple(mods)))
         decoder = _choice(trial, f"{p}.decoder", self.decoders)
         return SINetGenotype(
-            stages=tuple(stages), stem_channels=self.base.stem_channels, decoder=decoder,
-            num_classes=self.num_classes, input_size=self.input_size,
+            stages=tuple(stages),
+            stem_channels=self.base.stem_channels,
+            decoder=decoder,
+            num_classes=self.num_classes,
+            input_size=self.input_size,
         )
 
     def params_for(self, genotype: Genotype) -> dict[str, Any]:
@@ -236,9 +244,14 @@ class C3Space(SearchSpace):
         detail = _choice(trial, f"{p}.detail_branch", self.detail_branch)
         detail_module = self._module(trial, f"{p}.detail", True, 1, conc) if detail else self.base.detail_module
         return C3Genotype(
-            stages=tuple(stages), stem_channels=self.base.stem_channels, head_channels=self.base.head_channels,
-            detail_branch=detail, detail_module=detail_module, decoder=self.base.decoder,
-            num_classes=self.num_classes, input_size=self.input_size,
+            stages=tuple(stages),
+            stem_channels=self.base.stem_channels,
+            head_channels=self.base.head_channels,
+            detail_branch=detail,
+            detail_module=detail_module,
+            decoder=self.base.decoder,
+            num_classes=self.num_classes,
+            input_size=self.input_size,
         )
 
     def params_for(self, genotype: Genotype) -> dict[str, Any]:

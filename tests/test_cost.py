@@ -57,10 +57,24 @@ def test_latency_is_positive_and_threads_recorded() -> None:
 def test_nas_cost_cli_last_line_is_json(tmp_path) -> None:
     g = create_model("extremec3net").genotype
     path = g.save(tmp_path / "c3.yaml")
-    out = subprocess.run(
-        [sys.executable, "-m", "nas.cli.cost", f"model={path}", "input_size=224,224", "num_classes=2", "latency_threads=1"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip().splitlines()
+    out = (
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nas.cli.cost",
+                f"model={path}",
+                "input_size=224,224",
+                "num_classes=2",
+                "latency_threads=1",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     res = json.loads(out[-1])
     assert set(res) >= {"params", "conv_macs", "fvcore_total", "ptflops_pytorch", "ptflops_aten", "latency_ms"}
     assert (res["params"], res["conv_macs"], res["fvcore_total"]) == REFERENCE["extremec3net"][:3]
@@ -69,6 +83,8 @@ def test_nas_cost_cli_last_line_is_json(tmp_path) -> None:
 
 
 def test_nas_cost_cli_bad_model_fails_clearly() -> None:
-    proc = subprocess.run([sys.executable, "-m", "nas.cli.cost", "model=nonexistent_net"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nas.cli.cost", "model=nonexistent_net"], capture_output=True, text=True
+    )
     assert proc.returncode != 0
     assert "unknown model 'nonexistent_net'" in proc.stderr + proc.stdout

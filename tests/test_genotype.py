@@ -54,11 +54,19 @@ def test_flat_params_are_scalars() -> None:
 @pytest.mark.parametrize(
     "mutate,match",
     [
-        (lambda d: d["stages"][1]["modules"][2]["branches"][1].update(pool=3),
-         r"stages\[1\]\.modules\[2\]\.branches\[1\]: invalid pool=3; allowed: factors of the 28x28"),
+        (
+            lambda d: d["stages"][1]["modules"][2]["branches"][1].update(pool=3),
+            r"stages\[1\]\.modules\[2\]\.branches\[1\]: invalid pool=3; allowed: factors of the 28x28",
+        ),
         (lambda d: d.update(decoder="unet"), r"invalid decoder='unet'; allowed: information_blocking, skip, none"),
-        (lambda d: d["stages"][0].update(width=50), r"stages\[0\]\.modules\[0\]: invalid width=50; allowed: .*2 groups"),
-        (lambda d: d["stages"][0]["modules"][0].update(residual=True), r"stages\[0\]\.modules\[0\]: invalid residual=True"),
+        (
+            lambda d: d["stages"][0].update(width=50),
+            r"stages\[0\]\.modules\[0\]: invalid width=50; allowed: .*2 groups",
+        ),
+        (
+            lambda d: d["stages"][0]["modules"][0].update(residual=True),
+            r"stages\[0\]\.modules\[0\]: invalid residual=True",
+        ),
         (lambda d: d["stages"][1]["modules"][0]["branches"][0].update(kernel=4), r"invalid kernel=4; allowed: odd"),
         (lambda d: d.update(input_size=[100, 100]), r"invalid input_size=\(100, 100\); allowed: multiples of 8"),
         (lambda d: d["stages"][0].update(colour=1), r"unknown key\(s\) \['colour'\] for SINetStage"),
@@ -80,7 +88,10 @@ def test_invalid_sinet_genotypes_name_module_field_and_allowed(mutate, match) ->
         (lambda d: d["stages"][0]["modules"][1]["branches"][0].update(pool=2), r"invalid pool=2; allowed: 1"),
         (lambda d: d.update(decoder="none"), r"invalid detail_branch=True"),
         (lambda d: d["stages"][1].update(modules=d["stages"][1]["modules"][:1]), r"stages\[1\]: invalid modules"),
-        (lambda d: d["stages"][1]["modules"][0].update(residual=True), r"invalid residual=True; allowed: False \(input 99"),
+        (
+            lambda d: d["stages"][1]["modules"][0].update(residual=True),
+            r"invalid residual=True; allowed: False \(input 99",
+        ),
     ],
 )
 def test_invalid_c3_genotypes(mutate, match) -> None:
@@ -120,8 +131,11 @@ def sinet_genotypes(draw) -> SINetGenotype:
         mods = []
         for mi in range(draw(st.integers(1, 3))):
             branches = tuple(
-                BranchSpec(kernel=draw(st.sampled_from([1, 3, 5, 7])), dilation=draw(st.sampled_from([1, 2])),
-                           pool=draw(st.sampled_from(pools)))
+                BranchSpec(
+                    kernel=draw(st.sampled_from([1, 3, 5, 7])),
+                    dilation=draw(st.sampled_from([1, 2])),
+                    pool=draw(st.sampled_from(pools)),
+                )
                 for _ in range(n)
             )
             down = n * draw(st.integers(1, 6))
@@ -132,8 +146,12 @@ def sinet_genotypes(draw) -> SINetGenotype:
         r = draw(st.sampled_from([d for d in (1, 2, 4) if c_in % d == 0]))
         stages.append(SINetStage(down_channels=down, se_reduction=r, width=width, modules=mods))
     return SINetGenotype(
-        stages=tuple(stages), stem_channels=8, decoder=draw(st.sampled_from(["information_blocking", "skip", "none"])),
-        num_classes=draw(st.sampled_from([1, 2, 3])), input_size=(h, w), encoder_only=draw(st.booleans()),
+        stages=tuple(stages),
+        stem_channels=8,
+        decoder=draw(st.sampled_from(["information_blocking", "skip", "none"])),
+        num_classes=draw(st.sampled_from([1, 2, 3])),
+        input_size=(h, w),
+        encoder_only=draw(st.booleans()),
     )
 
 
@@ -145,19 +163,34 @@ def c3_genotypes(draw) -> C3Genotype:
         n = draw(st.integers(1, 4))
         return C3ModuleSpec(
             branches=tuple(BranchSpec(dilation=draw(st.integers(1, 4))) for _ in range(n)),
-            residual=residual, concentration=draw(st.booleans()), stride=stride,
+            residual=residual,
+            concentration=draw(st.booleans()),
+            stride=stride,
         )
 
     w1, w2 = draw(st.integers(4, 20)), draw(st.integers(4, 20))
-    stages = [C3Stage(width=w1, inject_input=draw(st.booleans()),
-                      modules=(module(False, 2),) + tuple(module(True) for _ in range(draw(st.integers(1, 2)))))]
+    stages = [
+        C3Stage(
+            width=w1,
+            inject_input=draw(st.booleans()),
+            modules=(module(False, 2),) + tuple(module(True) for _ in range(draw(st.integers(1, 2)))),
+        )
+    ]
     if draw(st.booleans()):
-        stages.append(C3Stage(width=w2, modules=(module(False),) + tuple(module(True) for _ in range(draw(st.integers(1, 2))))))
+        stages.append(
+            C3Stage(width=w2, modules=(module(False),) + tuple(module(True) for _ in range(draw(st.integers(1, 2)))))
+        )
     decoder = draw(st.sampled_from(["coarse_fine", "none"]))
     return C3Genotype(
-        stages=tuple(stages), stem_channels=8, head_channels=8, decoder=decoder,
-        detail_branch=decoder == "coarse_fine" and draw(st.booleans()), detail_module=module(True),
-        num_classes=draw(st.sampled_from([1, 2])), input_size=(h, w), encoder_only=draw(st.booleans()),
+        stages=tuple(stages),
+        stem_channels=8,
+        head_channels=8,
+        decoder=decoder,
+        detail_branch=decoder == "coarse_fine" and draw(st.booleans()),
+        detail_module=module(True),
+        num_classes=draw(st.sampled_from([1, 2])),
+        input_size=(h, w),
+        encoder_only=draw(st.booleans()),
     )
 
 

@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from nas.losses import (SegmentationLoss, boundary_band, class_weights_from_masks,
-                        downsample_labels, lovasz_hinge)
+from nas.losses import SegmentationLoss, boundary_band, class_weights_from_masks, downsample_labels, lovasz_hinge
 
 
 def square_mask(h=40, w=40, top=10, left=12, side=16, n=1):

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from nas import report
-from nas.report import (FrontPoint, hypervolume, hypervolume_table, pareto_front, plot_fronts,
-                        write_front_csv, write_table)
+from nas.report import (
+    FrontPoint,
+    hypervolume,
+    hypervolume_table,
+    pareto_front,
+    plot_fronts,
+    write_front_csv,
+    write_table,
+)
 
 
 def P(label, miou, params, macs, trial=None, archid=None):

@@ -347,8 +347,9 @@ def test_non_finite_loss_fails_one_trial_and_the_study_goes_on(tracked: Path, mo
 def test_worker_goes_on_when_its_trial_was_failed_as_stale(tracked: Path, monkeypatch) -> None:
     """A heartbeat that stalls past the grace period (an overloaded machine) gets the trial failed and
     retried by another worker while this one still trains it: this worker must not crash at ``tell``."""
-    import nas.study
     from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    import nas.study
 
     real = nas.study.train_genotype
     n, name = 2, "stale-alive"

@@ -14,8 +14,15 @@ from nas.augment import AugmentConfig
 from nas.train import NonFiniteLossError, TrainConfig, load_data, param_groups, train_genotype
 from search_spaces import create_model
 
-FAST = dict(schedule="single_stage", input_size=(64, 64), holdout_fraction=0.15, batch_size=16, lr=3e-3, threads=1,
-            progress=False)
+FAST = dict(
+    schedule="single_stage",
+    input_size=(64, 64),
+    holdout_fraction=0.15,
+    batch_size=16,
+    lr=3e-3,
+    threads=1,
+    progress=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +79,15 @@ def test_param_groups_follow_the_release() -> None:
     assert {id(p) for p in groups["depthwise"]["params"]} == dw
 
 
-@pytest.mark.parametrize("bad,match", [({"schedule": "three_stage"}, "train.schedule"), ({"loss": "dice"}, "train.loss"),
-                                       ({"epochs": 0}, "train.epochs"), ({"epochs": 2, "stage1_epochs": 2}, "stage1")])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"schedule": "three_stage"}, "train.schedule"),
+        ({"loss": "dice"}, "train.loss"),
+        ({"epochs": 0}, "train.epochs"),
+        ({"epochs": 2, "stage1_epochs": 2}, "stage1"),
+    ],
+)
 def test_bad_train_config_names_the_key(bad, match) -> None:
     with pytest.raises(ValueError, match=match):
         TrainConfig(**bad)
@@ -82,30 +96,50 @@ def test_bad_train_config_names_the_key(bad, match) -> None:
 @pytest.mark.slow
 def test_nas_train_eval_predict_cli(workdir, eg1800_root) -> None:
     common = ["fidelity=tiny", "train.threads=1", "train.progress=false", "data.val_fraction=0.1"]
-    out = subprocess.run([sys.executable, "-m", "nas.cli.train", *common, "model=extremec3net"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "nas.cli.train", *common, "model=extremec3net"], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(res) >= {"miou", "miou_2class", "epochs", "train_images", "val_images", "skipped_ids", "images_per_s"}
     # model=extremec3net picks its family's recipe: 1-class Lovasz hinge, so 37,738 parameters
     assert res["val_images"] == 26 and res["skipped_ids"] == 131 and res["params"] == 37_738
     assert res["recipe"] == "extremec3net" and res["optimistic"] is False
-    ev = subprocess.run([sys.executable, "-c", "from nas.cli.train import eval_main; eval_main()",
-                         f"checkpoint={res['checkpoint']}", "data.val_fraction=0.1"], capture_output=True, text=True)
+    ev = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from nas.cli.train import eval_main; eval_main()",
+            f"checkpoint={res['checkpoint']}",
+            "data.val_fraction=0.1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert json.loads(ev.stdout.strip().splitlines()[-1])["miou"] == pytest.approx(res["miou"], abs=1e-9)
     img = eg1800_root / "images_data_crop" / "00010.jpg"
-    pr = subprocess.run([sys.executable, "-c", "from nas.cli.train import predict_main; predict_main()",
-                         f"checkpoint={res['checkpoint']}", f"inputs=[{img}]", "out_dir=pred"],
-                        capture_output=True, text=True)
+    pr = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from nas.cli.train import predict_main; predict_main()",
+            f"checkpoint={res['checkpoint']}",
+            f"inputs=[{img}]",
+            "out_dir=pred",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert pr.returncode == 0, pr.stderr[-2000:]
     from PIL import Image
 
     mask = np.asarray(Image.open(workdir / "pred" / "00010_mask.png"))
     assert mask.shape == (800, 600) and set(np.unique(mask)) <= {0, 255}
     assert (workdir / "pred" / "00010_overlay.png").stat().st_size > 0
-    bad = subprocess.run([sys.executable, "-m", "nas.cli.train", *common, "train.lr=1e30"], capture_output=True,
-                         text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "nas.cli.train", *common, "train.lr=1e30"], capture_output=True, text=True
+    )
     assert bad.returncode == 3
     assert json.loads(bad.stdout.strip().splitlines()[-1])["error"] == "non_finite_loss"
     assert "non-finite training loss" in bad.stderr

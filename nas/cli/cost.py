@@ -22,9 +22,8 @@ def format_cost_table(name: str, report: dict, counters: dict[str, str]) -> str:
 
 @hydra_app("cost")
 def main(cfg: DictConfig) -> None:
-    from search_spaces import create_model, list_models, model_info
-
     from nas.cost import COUNTERS, cost_report
+    from search_spaces import create_model, list_models, model_info
 
     if cfg.model == "list":
         for n in list_models():

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nas.cli._hydra import hydra_app, print_json_line
 
+
 def build_worker(cfg: DictConfig):
     """Config -> space, recipe, data, tracker, sampler, pruner -> :class:`nas.study.StudyWorker`."""
     from hydra.utils import instantiate
