@@ -35,11 +35,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 import socket
 import statistics
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -47,6 +45,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from nas.cost import genotype_cost
+from nas.moasha import welch_interval as delta_interval
 from nas.report import write_table
 from nas.rungs import apply_overrides
 from nas.train import DataBundle, TrainConfig, load_data, train_genotype
@@ -384,41 +383,6 @@ def run_ablation(
 
 CI_METHOD = "Welch's t 95% interval over seeds, unequal variances (Welch 1947)"
 
-
-def delta_interval(
-    variant: Sequence[float], baseline: Sequence[float], confidence: float = 0.95
-) -> tuple[float, float] | None:
-    """Interval for mean(``variant``) - mean(``baseline``) over seeds, or None where undefined.
-
-    Method: Welch's unequal-variances t interval (B. L. Welch, "The generalization of
-    'Student's' problem when several different population variances are involved",
-    Biometrika 34, 1947), computed by
-    ``scipy.stats.ttest_ind(variant, baseline, equal_var=False).confidence_interval(confidence)``:
-    ``diff +/- t_{(1+confidence)/2, df} * sqrt(s_v^2/n_v + s_b^2/n_b)`` with the
-    Welch-Satterthwaite ``df``. The seeds of the two cells are independent runs (not paired).
-
-    Returns None (no interval) when either cell has fewer than 2 seeds, when both cells have
-    zero variance (scipy would give a zero-width interval), or when a value is not finite.
-
-    Raises:
-        ValueError: ``confidence`` not strictly between 0 and 1.
-    """
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    a, b = [float(x) for x in variant], [float(x) for x in baseline]
-    if len(a) < 2 or len(b) < 2 or not all(math.isfinite(x) for x in a + b):
-        return None
-    if statistics.variance(a) == 0.0 and statistics.variance(b) == 0.0:
-        return None
-    from scipy.stats import ttest_ind
-
-    with warnings.catch_warnings():  # one cell of identical values: exact, but scipy warns of cancellation
-        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
-        ci = ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
-    lo, hi = float(ci.low), float(ci.high)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return None
-    return lo, hi
 
 
 def _rows(exp: Experiment, costs: dict, cells: list[Cell], trained: bool) -> list[dict[str, Any]]:

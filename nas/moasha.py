@@ -30,6 +30,8 @@ Example (the hand-computed schedule of ``tests/test_moasha.py`` in miniature):
 from __future__ import annotations
 
 import math
+import statistics
+import warnings
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -206,21 +208,45 @@ def _add(c: Candidate, key: tuple[int, int], r: Mapping) -> None:
         c.failures[key] = c.failures.get(key, 0) + 1
 
 
-def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
-    """Welch's t interval (unequal variances) of mean(a) - mean(b), or None when it is not
-    defined (fewer than 2 values in either, or no variance in both).
+def welch_interval(
+    variant: Sequence[float], baseline: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float] | None:
+    """Welch 95% interval for mean(``variant``) - mean(``baseline``) over seeds, or None where undefined.
+
+    Method: Welch's unequal-variances t interval (B. L. Welch, "The generalization of
+    'Student's' problem when several different population variances are involved",
+    Biometrika 34, 1947), computed by
+    ``scipy.stats.ttest_ind(variant, baseline, equal_var=False).confidence_interval(confidence)``:
+    ``diff +/- t_{(1+confidence)/2, df} * sqrt(s_v^2/n_v + s_b^2/n_b)`` with the
+    Welch-Satterthwaite ``df``. The seeds of the two cells are independent runs (not paired).
 
     Example:
         >>> lo, hi = welch_interval([83.1, 82.4, 82.9], [82.0, 81.5, 81.9])
         >>> round(lo, 3), round(hi, 3)
         (0.257, 1.743)
-    """
-    from scipy import stats
 
-    if len(a) < 2 or len(b) < 2 or (np.var(a) == 0 and np.var(b) == 0):
+    Returns None (no interval) when either cell has fewer than 2 seeds, when both cells have
+    zero variance (scipy would give a zero-width interval), or when a value is not finite.
+
+    Raises:
+        ValueError: ``confidence`` not strictly between 0 and 1.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    a, b = [float(x) for x in variant], [float(x) for x in baseline]
+    if len(a) < 2 or len(b) < 2 or not all(math.isfinite(x) for x in a + b):
         return None
-    ci = stats.ttest_ind(np.asarray(a, float), np.asarray(b, float), equal_var=False).confidence_interval(level)
-    return float(ci.low), float(ci.high)
+    if statistics.variance(a) == 0.0 and statistics.variance(b) == 0.0:
+        return None
+    from scipy.stats import ttest_ind
+
+    with warnings.catch_warnings():  # one cell of identical values: exact, but scipy warns of cancellation
+        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+        ci = ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+    lo, hi = float(ci.low), float(ci.high)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    return lo, hi
 
 
 def mark_within_noise(points: Sequence[Mapping], level: float = 0.95) -> list[bool | None]:
@@ -237,13 +263,3 @@ def mark_within_noise(points: Sequence[Mapping], level: float = 0.95) -> list[bo
         ci = welch_interval(cur["miou_seeds"], prev["miou_seeds"], level)
         out.append(None if ci is None else bool(ci[0] <= 0.0 <= ci[1]))
     return out[: len(points)]
-
-
-def std(values: Sequence[float]) -> float | None:
-    """Sample standard deviation (ddof 1), None for fewer than 2 values."""
-    return float(np.std(values, ddof=1)) if len(values) > 1 else None
-
-
-def mean(values: Sequence[float]) -> float:
-    """Arithmetic mean (nan for none)."""
-    return float(np.mean(values)) if len(values) else math.nan
