@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = ["nondominated_ranks", "crowding_distance", "rank_order", "promotable", "next_promotion", "Candidate",
-           "candidates_from_records", "welch_interval", "mark_within_noise"]
+           "candidates_from_records", "schedule_promotion", "next_confirmation", "welch_interval",
+           "mark_within_noise"]
 
 Objectives = tuple[float, float, float]  # (mIoU x100, parameters, conv MACs)
 
@@ -206,6 +207,31 @@ def _add(c: Candidate, key: tuple[int, int], r: Mapping) -> None:
         c.active.add(key)
     elif r["state"] == "FAIL":
         c.failures[key] = c.failures.get(key, 0) + 1
+
+
+def schedule_promotion(cands: Mapping[int, Candidate], n_rungs: int, seed: int, eta: int,
+                       max_retry: int) -> tuple[int, int] | None:
+    """The next promotion ``(candidate number, to_rung)`` of a study's candidates, or None.
+
+    Rung k's results are the candidates' mIoU at ``(k, seed)``; a candidate counts as
+    promoted from rung k once its ``(k + 1, seed)`` training is settled (done, running, or
+    failed more than ``max_retry`` times), so a failed promotion is tried again.
+    """
+    results = [{c.number: (c.results[(k, seed)], c.params, c.conv_macs) for c in cands.values()
+                if (k, seed) in c.results} for k in range(n_rungs)]
+    promoted = [{c.number for c in cands.values() if c.settled((k + 1, seed), max_retry)} for k in range(n_rungs)]
+    return next_promotion(results, promoted, eta)
+
+
+def next_confirmation(members: Sequence[int], cands: Mapping[int, Candidate], rung_of: Mapping[int, int],
+                      seeds: Sequence[int], max_retry: int) -> tuple[int, int, int] | None:
+    """The next confirmation training ``(candidate, rung, seed)`` of the front ``members``
+    (each at rung ``rung_of[member]``, every seed of ``seeds``), or None when all are settled."""
+    for n in members:
+        for s in seeds:
+            if not cands[n].settled((rung_of[n], s), max_retry):
+                return n, rung_of[n], s
+    return None
 
 
 def welch_interval(

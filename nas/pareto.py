@@ -9,11 +9,24 @@ from typing import Any
 
 import optuna
 
-from nas.points import front_of, trained_points
+from nas.points import ledger_name, stored_front
 from nas.report import hypervolume_table, plot_fronts, write_front_csv, write_table
 from nas.storage import engine_url
 
 __all__ = ["compare_studies"]
+
+
+def _figure_fidelity(attrs: dict[str, Any], confirmed: bool) -> str | None:
+    """The fidelity (JSON) the front's figures were measured at: a confirmed multi-rung study's
+    confirmation rung, else the stored fidelity (one rung, or the rung ladder)."""
+    fid, sched = attrs.get("fidelity"), attrs.get("schedule")
+    if not (fid and sched and confirmed and sched.get("confirm_index") is not None):
+        return fid
+    parsed = json.loads(fid)
+    name = sched["rung_names"][sched["confirm_index"]]
+    if len(sched["rung_names"]) > 1 and name in parsed:
+        parsed = parsed[name]
+    return json.dumps(parsed, sort_keys=True)
 
 
 def compare_studies(names: Sequence[str], storage: str, reference: dict[str, float], output_dir: str,
@@ -35,13 +48,14 @@ def compare_studies(names: Sequence[str], storage: str, reference: dict[str, flo
     missing = [n for n in names if n not in known]
     if missing:
         raise KeyError(f"studies {missing} not in {storage}; stored: {sorted(known)}")
-    fronts, points, fidelities, refs = {}, {}, {}, {}
+    fronts, points, fidelities, refs, confirmed = {}, {}, {}, {}, {}
     for n in names:
         st = optuna.load_study(study_name=n, storage=storage)
         trials = st.get_trials(deepcopy=False)
-        fronts[n] = front_of(trials)
-        points[n] = trained_points(trials)
-        fidelities[n] = st.user_attrs.get("fidelity")
+        ledger = optuna.load_study(study_name=ledger_name(n), storage=storage) if ledger_name(n) in known else None
+        points[n], fronts[n] = stored_front(st, ledger)  # confirmed (mean over seeds) where the study confirmed
+        confirmed[n] = any(p.seeds for p in fronts[n])
+        fidelities[n] = _figure_fidelity(st.user_attrs, confirmed[n])
         for p in points[n]:
             if trials[p.trial].user_attrs.get("reference"):
                 refs.setdefault((p.label, fidelities[n]), p)
@@ -55,7 +69,9 @@ def compare_studies(names: Sequence[str], storage: str, reference: dict[str, flo
                             title=" vs ".join(names))
     notes = [f"reference point: mIoU {ref[0]}, {ref[1]:,} parameters, {ref[2]:,} conv MACs; hypervolume normalised "
              "by 100 x params_ref x macs_ref",
-             "fidelity: " + ("; ".join(f"{n}: {f}" for n, f in fidelities.items()))]
+             "fidelity: " + ("; ".join(f"{n}: {f}" for n, f in fidelities.items())),
+             "figures: " + "; ".join(f"{n}: {'confirmed (mean over seeds)' if c else 'one seed'}"
+                                     for n, c in confirmed.items())]
     if not same_fidelity:
         notes.append("the studies were trained at different fidelities: their fronts are not comparable, "
                      "and no hand-designed reference point is drawn")
@@ -76,4 +92,4 @@ def compare_studies(names: Sequence[str], storage: str, reference: dict[str, flo
         tr.end_run(rid)
     return {"studies": list(names), "table": table, "files": [str(p) for p in all_files],
             "fidelities": {n: json.loads(f) if f else None for n, f in fidelities.items()},
-            "references": [p.label for p in references]}
+            "references": [p.label for p in references], "confirmed": confirmed}

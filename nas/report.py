@@ -22,22 +22,36 @@ from typing import Any
 
 import numpy as np
 
+from nas._atomic import atomic_path
+
 __all__ = ["FrontPoint", "as_front_point", "pareto_front", "hypervolume", "plot_fronts",
            "write_front_csv", "hypervolume_table", "write_table", "FRONT_CSV_COLUMNS"]
 
-FRONT_CSV_COLUMNS = ("label", "trial", "archid", "miou", "params", "conv_macs")
+FRONT_CSV_COLUMNS = ("label", "trial", "archid", "miou", "params", "conv_macs", "rung", "miou_std", "seeds",
+                     "miou_seeds", "within_noise")
 
 
 @dataclass(frozen=True)
 class FrontPoint:
     """One evaluated architecture: ``miou`` (x100, higher is better), ``params`` and
-    ``conv_macs`` (lower is better); ``trial`` / ``archid`` identify it where known."""
+    ``conv_macs`` (lower is better); ``trial`` / ``archid`` identify it where known.
+
+    Multi-fidelity and seed-aware fields (None where not known): ``rung`` names the fidelity
+    rung ``miou`` was measured at; once confirmed over seeds, ``miou`` is the mean over
+    ``seeds`` (``miou_seeds`` the per-seed values, ``miou_std`` their sample standard
+    deviation) and ``within_noise`` says whether the advantage over the front neighbour with
+    fewer parameters is inside seed noise (:func:`nas.moasha.mark_within_noise`)."""
     label: str
     miou: float
     params: int
     conv_macs: int
     trial: int | None = None
     archid: str | None = None
+    rung: str | None = None
+    miou_std: float | None = None
+    seeds: tuple[int, ...] | None = None
+    miou_seeds: tuple[float, ...] | None = None
+    within_noise: bool | None = None
 
 
 def as_front_point(p: FrontPoint | Mapping[str, Any]) -> FrontPoint:
@@ -45,8 +59,11 @@ def as_front_point(p: FrontPoint | Mapping[str, Any]) -> FrontPoint:
     keys are ignored). Raises ``KeyError`` if a mapping lacks label/miou/params/conv_macs."""
     if isinstance(p, FrontPoint):
         return p
+    opt = {k: p.get(k) for k in ("rung", "miou_std", "within_noise")}
+    for k in ("seeds", "miou_seeds"):
+        opt[k] = tuple(p[k]) if p.get(k) is not None else None
     return FrontPoint(label=str(p["label"]), miou=float(p["miou"]), params=int(p["params"]),
-                      conv_macs=int(p["conv_macs"]), trial=p.get("trial"), archid=p.get("archid"))
+                      conv_macs=int(p["conv_macs"]), trial=p.get("trial"), archid=p.get("archid"), **opt)
 
 
 def _losses(points: Sequence[FrontPoint]) -> np.ndarray:
@@ -165,6 +182,8 @@ def _hover(p: FrontPoint, study: str = "") -> str:
     head = f"<b>{p.label}</b>" + (f" ({study})" if study else "")
     return (f"{head}<br>trial: {p.trial if p.trial is not None else '–'}"
             f"<br>archid: {p.archid or '–'}<br>mIoU: {p.miou:.2f}"
+            f"{f' +/- {p.miou_std:.2f} ({len(p.seeds or ())} seeds)' if p.miou_std is not None else ''}"
+            f"{f'<br>rung: {p.rung}' if p.rung else ''}"
             f"<br>params: {p.params:,}<br>conv MACs: {p.conv_macs:,}")
 
 
@@ -219,11 +238,22 @@ def plot_fronts(fronts: Mapping[str, Sequence[FrontPoint]], png_path: str | Path
             ax.plot(xs, ys, color=colour[n], lw=1.5, label=n if col == 1 else None)
             ax.scatter([getattr(p, key) for p in pts], [p.miou for p in pts], s=28, color=colour[n],
                        edgecolors="k", linewidths=0.4, zorder=3)
+            bars = [p for p in pts if p.miou_std is not None]
+            if bars:  # confirmed over seeds: +/- one std
+                ax.errorbar([getattr(p, key) for p in bars], [p.miou for p in bars], yerr=[p.miou_std for p in bars],
+                            fmt="none", ecolor=colour[n], elinewidth=1, capsize=3, zorder=2)
+            noisy = [p for p in pts if p.within_noise]
+            if noisy:  # advantage over the neighbour with fewer parameters inside seed noise
+                ax.scatter([getattr(p, key) for p in noisy], [p.miou for p in noisy], s=90, facecolors="none",
+                           edgecolors="grey", linestyles="dashed", zorder=3,
+                           label="within noise of its neighbour" if col == 1 and n == names[0] else None)
             pfig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=colour[n]),
                                       legendgroup=n, showlegend=False, hoverinfo="skip"), row=1, col=col)
             pfig.add_trace(go.Scatter(
                 x=[getattr(p, key) for p in pts], y=[p.miou for p in pts], mode="markers", name=n,
                 legendgroup=n, showlegend=col == 1, marker=dict(size=8, color=colour[n]),
+                error_y=dict(type="data", array=[p.miou_std or 0.0 for p in pts],
+                             visible=any(p.miou_std is not None for p in pts)),
                 hovertext=[_hover(p, n) for p in pts], hoverinfo="text"), row=1, col=col)
         for p in refs:
             ax.scatter([getattr(p, key)], [p.miou], marker="*", s=260, color="gold",
@@ -251,22 +281,28 @@ def plot_fronts(fronts: Mapping[str, Sequence[FrontPoint]], png_path: str | Path
     fig.tight_layout()
     png_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=150)
+    with atomic_path(png_path) as tmp:  # a crash mid-write leaves the previous figure in place
+        fig.savefig(tmp, dpi=150)
     pfig.update_layout(title_text=title, template="plotly_white", hovermode="closest")
-    pfig.write_html(html_path, include_plotlyjs=True, full_html=True)
+    with atomic_path(html_path) as tmp:
+        pfig.write_html(tmp, include_plotlyjs=True, full_html=True)
     return png_path, html_path
 
 
 def write_front_csv(points: Sequence[FrontPoint | Mapping[str, Any]], path: str | Path) -> Path:
-    """Write points, one row each, with header ``label,trial,archid,miou,params,conv_macs``
-    (full precision; missing trial/archid empty). Parent folders are created."""
+    """Write points, one row each, with the header :data:`FRONT_CSV_COLUMNS` (full precision;
+    unknown fields empty; ``seeds`` and ``miou_seeds`` joined with ``;``). Parent folders are
+    created; the file is replaced atomically (a crash mid-write leaves the previous file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FRONT_CSV_COLUMNS)
         w.writeheader()
         for p in map(as_front_point, points):
             d = asdict(p)
+            for k in ("seeds", "miou_seeds"):
+                if d[k] is not None:
+                    d[k] = ";".join(str(v) for v in d[k])
             w.writerow({k: "" if d[k] is None else d[k] for k in FRONT_CSV_COLUMNS})
     return path
 
@@ -350,9 +386,10 @@ def write_table(rows: list[dict], stem: str | Path, *, columns: Sequence[str], t
     md += ["| " + " | ".join(_cell(r.get(c), digits[c], "md", show.get(c)) for c in cols) + " |" for r in rows]
     if notes:
         md += [""] + [str(n) for n in notes]
-    paths["md"].write_text("\n".join(md) + "\n", encoding="utf-8")
+    with atomic_path(paths["md"]) as tmp:
+        tmp.write_text("\n".join(md) + "\n", encoding="utf-8")
 
-    with paths["csv"].open("w", newline="", encoding="utf-8") as f:
+    with atomic_path(paths["csv"]) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(cols)
         w.writerows([["" if r.get(c) is None else r.get(c) for c in cols] for r in rows])
@@ -366,5 +403,6 @@ def write_table(rows: list[dict], stem: str | Path, *, columns: Sequence[str], t
     tex += [r"\bottomrule", r"\end{tabular}"]
     tex += [rf"\par\smallskip{{\footnotesize {_tex_escape(str(n))}}}" for n in notes]
     tex.append(r"\end{table}")
-    paths["tex"].write_text("\n".join(tex) + "\n", encoding="utf-8")
+    with atomic_path(paths["tex"]) as tmp:
+        tmp.write_text("\n".join(tex) + "\n", encoding="utf-8")
     return paths

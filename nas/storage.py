@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas._filelock import file_lock
 
-__all__ = ["Heartbeat", "check_storage", "count_slots", "engine_url", "pid_alive", "redact", "slot_lock"]
+__all__ = ["Heartbeat", "check_storage", "count_slots", "engine_url", "pid_alive", "redact", "retry_storage",
+           "slot_lock"]
+
+log = logging.getLogger(__name__)
 
 
 def engine_url(url: str) -> str:
@@ -70,8 +75,8 @@ def slot_lock(storage_url: str, study_name: str) -> Iterator[None]:
     if storage_url.startswith("postgresql"):
         import sqlalchemy
 
-        engine = _engines.get(storage_url) or _engines.setdefault(storage_url,
-                                                                  sqlalchemy.create_engine(engine_url(storage_url)))
+        engine = _engines.get(storage_url) or _engines.setdefault(
+            storage_url, sqlalchemy.create_engine(engine_url(storage_url), pool_pre_ping=True))
         key = int(hashlib.sha1(study_name.encode()).hexdigest()[:15], 16)
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
@@ -89,14 +94,53 @@ _engines: dict[str, Any] = {}
 
 
 def count_slots(trials: Sequence[FrozenTrial]) -> dict[str, int]:
-    """Slots used, and the trials by state; see the module docstring for what a slot is."""
+    """Slots used, and the trials by state; see the module docstring for what a slot is.
+
+    A candidate found over a hard budget (``user_attrs["feasible"] is False``, COMPLETE, never
+    trained) takes no slot: ``study.n_trials`` counts trained candidates. It is counted in
+    ``infeasible``.
+    """
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     by = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
     for t in trials:
         if t.state.name in by:
             by[t.state.name] += 1
     superseded = sum(1 for t in trials if t.state == TrialState.FAIL and t.number in retried)
-    return {"slots": sum(by.values()) - superseded, "retried": superseded, **{k.lower(): v for k, v in by.items()}}
+    infeasible = sum(1 for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("feasible") is False)
+    return {"slots": sum(by.values()) - superseded - infeasible, "retried": superseded, "infeasible": infeasible,
+            **{k.lower(): v for k, v in by.items()}}
+
+
+def _transient() -> tuple[type[BaseException], ...]:
+    import sqlalchemy.exc
+    from optuna.exceptions import StorageInternalError
+
+    return (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, StorageInternalError)
+
+
+def retry_storage(fn: Any, *args: Any, retry_s: float = 300.0, what: str = "", **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, retried with exponential backoff (0.5 s doubling to 30 s) while the
+    storage is unreachable (a PostgreSQL restart, a network blip, a locked SQLite file), for at most
+    ``retry_s`` seconds in all.
+
+    Raises:
+        sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+        optuna.exceptions.StorageInternalError: still unreachable after ``retry_s`` seconds.
+    """
+    transient = _transient()
+    t0, delay = time.monotonic(), 0.5
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except transient as exc:
+            waited = time.monotonic() - t0
+            if waited + delay > retry_s:
+                raise
+            log.warning("study storage unreachable%s (%s: %s); retrying in %.1f s (%.0f of %.0f s waited)",
+                        f" during {what}" if what else "", type(exc).__name__, str(exc).splitlines()[0][:200],
+                        delay, waited, retry_s)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 class Heartbeat:

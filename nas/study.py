@@ -35,8 +35,8 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +44,25 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from nas._atomic import atomic_write_text
 from nas.cost import count_fvcore, genotype_cost, measure_latency
-from nas.points import front_of, trained_points
+from nas.moasha import next_confirmation, schedule_promotion
+from nas.points import candidates, front_of, ledger_name, rung_front, study_front, trained_points
 from nas.report import FrontPoint
-from nas.storage import Heartbeat, check_storage, count_slots, engine_url, pid_alive, redact, slot_lock
+from nas.rungs import rung_config
+from nas.storage import (
+    Heartbeat,
+    check_storage,
+    count_slots,
+    engine_url,
+    pid_alive,
+    redact,
+    retry_storage,
+    slot_lock,
+)
 from nas.tracking import FAILED, FINISHED, KILLED, Tracker
 from nas.train import DataBundle, TrainConfig, train_genotype
-from search_spaces import Genotype, create_model, get_genotype
+from search_spaces import Genotype, create_model, genotype_from_dict, get_genotype
 from search_spaces.spaces import SearchSpace
 
 __all__ = [
@@ -74,6 +86,9 @@ MODES = ("pareto", "constrained")
 OBJECTIVES = ("miou", "params", "conv_macs")
 
 
+SCHEDULERS = ("none", "mo_asha")
+
+
 @dataclass
 class SearchSettings:
     """The ``study`` config node.
@@ -81,17 +96,29 @@ class SearchSettings:
     Attributes:
         name: study name (also the MLflow experiment name).
         mode: ``pareto`` or ``constrained``.
-        n_trials: the study's total number of slots (not an increment).
+        n_trials: the study's total number of trained candidates (not an increment); candidates
+            over a hard budget are recorded but take no slot.
         storage: ``sqlite:///file.db`` (default, embedded) or ``postgresql://...``.
         budgets: hard limits ``{"params": P, "conv_macs": F}`` (None = no limit).
         cost_input_size: (H, W) at which parameters/MACs are counted for budgets.
         enqueue: registered names trained first as references at the same fidelity.
         heartbeat_interval / grace_period: seconds; a RUNNING trial whose
             heartbeat is older than ``grace_period`` is failed and retried.
-        max_retry: retries of one interrupted trial.
+        max_retry: retries of one interrupted trial (or rung training).
         extra_costs: also count fvcore MACs and latency for trained candidates.
         output_dir: Pareto artifacts and exported genotypes go to
             ``<output_dir>/<name>/``.
+        scheduler: ``none`` (every candidate trained at the ``fidelity`` rung) or ``mo_asha``
+            (multi-objective asynchronous successive halving over ``rungs``).
+        rungs: fidelity rung names (files of ``conf/fidelity/``), cheapest first (``mo_asha``).
+        eta: reduction factor: the top ``1/eta`` of a rung is promoted (``mo_asha``).
+        max_infeasible: over-budget proposals allowed before the study stops with a message
+            (None: 10 x ``n_trials``).
+        confirm_seeds: at the end, every front member is retrained with this many further seeds.
+        confirm_rung: the rung of those retrainings (None: each member's own rung).
+        time_budget_s: wall-clock seconds from the study's start after which no new candidate or
+            promotion is started (None: no limit); confirmations run after it.
+        storage_retry_s: seconds a worker retries an unreachable storage (with backoff) before it fails.
     """
 
     name: str
@@ -111,6 +138,14 @@ class SearchSettings:
     reference_point: dict[str, float] = field(
         default_factory=lambda: {"miou": 50.0, "params": 200_000, "conv_macs": 300_000_000}
     )
+    scheduler: str = "none"
+    rungs: Sequence[str] = ("search_half", "search")
+    eta: int = 3
+    max_infeasible: int | None = None
+    confirm_seeds: int = 0
+    confirm_rung: str | None = None
+    time_budget_s: float | None = None
+    storage_retry_s: float = 300.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -132,6 +167,24 @@ class SearchSettings:
         if not (scheme == "sqlite" or scheme.startswith("postgresql")):
             raise ValueError(f"study.storage={self.storage!r}; allowed: sqlite:///path.db or postgresql://user@host/db")
         self.cost_input_size = (int(self.cost_input_size[0]), int(self.cost_input_size[1]))
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"study.scheduler={self.scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
+        if self.scheduler == "mo_asha":
+            if self.mode != "pareto":
+                raise ValueError("study.scheduler=mo_asha needs study.mode=pareto (constrained studies prune instead)")
+            if len(self.rungs) < 2:
+                raise ValueError(f"study.rungs={list(self.rungs)!r}; mo_asha needs at least 2 rungs, cheapest first")
+        if not isinstance(self.eta, int) or self.eta < 2:
+            raise ValueError(f"study.eta={self.eta!r}; allowed: an integer >= 2")
+        if self.max_infeasible is None:
+            self.max_infeasible = 10 * self.n_trials
+        if not isinstance(self.max_infeasible, int) or self.max_infeasible < 0:
+            raise ValueError(f"study.max_infeasible={self.max_infeasible!r}; allowed: an integer >= 0 or null")
+        if not isinstance(self.confirm_seeds, int) or self.confirm_seeds < 0:
+            raise ValueError(f"study.confirm_seeds={self.confirm_seeds!r}; allowed: an integer >= 0")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ValueError(f"study.time_budget_s={self.time_budget_s!r}; allowed: seconds > 0 or null")
+        self.rungs = tuple(self.rungs)
 
 
 # -- storage and locking ------------------------------------------------------------------------
@@ -139,8 +192,10 @@ class SearchSettings:
 
 def open_study(
     s: SearchSettings, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner | None = None
-) -> tuple[optuna.Study, RDBStorage]:
-    """Create or load the study (``load_if_exists``) on heartbeat-enabled RDB storage.
+) -> tuple[optuna.Study, RDBStorage, optuna.Study]:
+    """Create or load the study and its ledger ``<name>.rungs`` (``load_if_exists``) on
+    heartbeat-enabled RDB storage. The ledger holds one trial per promotion or confirmation
+    training (see :mod:`nas.points`); the sampler never sees it.
 
     Raises:
         ValueError: the stored study has other directions than ``s.mode``.
@@ -170,28 +225,53 @@ def open_study(
             directions=directions,
             load_if_exists=True,
         )
+        ledger = optuna.create_study(study_name=ledger_name(s.name), storage=storage, direction="maximize",
+                                     sampler=optuna.samplers.RandomSampler(seed=s.seed), load_if_exists=True)
     if [d.name.lower() for d in study.directions] != [d + "" for d in directions]:
         raise ValueError(
             f"study {s.name!r} exists with {len(study.directions)} objective(s); "
             f"study.mode={s.mode} needs {len(directions)}: use another study.name"
         )
     study.set_metric_names(list(OBJECTIVES) if s.mode == "pareto" else ["miou"])
-    return study, storage
+    return study, storage, ledger
 
 
 # -- the worker ---------------------------------------------------------------------------------
 
 
+@dataclass
+class Job:
+    """One training to run: a new candidate (a main-study trial, trained at rung 0) or a
+    promotion / confirmation of candidate ``candidate`` (a ledger trial) at ``rung`` and ``seed``."""
+
+    kind: str  # "new" | "promotion" | "confirm"
+    trial: optuna.Trial
+    candidate: int | None = None
+    rung: int = 0
+    seed: int = 0
+
+
+_WAIT = object()
+
+
 class StudyWorker:
-    """One ``nas-search`` process: asks, checks budgets, trains, tells, tracks.
+    """One ``nas-search`` process: asks, checks budgets, trains, promotes, confirms, tells, tracks.
+
+    With ``study.scheduler=mo_asha`` the candidate's main trial is trained at rung 0 and its
+    value (rung-0 mIoU, parameters, MACs) is what Optuna's sampler learns from: every candidate
+    has a rung-0 result, so the sampler compares like with like. Promotions to higher rungs and
+    confirmation seeds are trials of the ledger study ``<name>.rungs``, decided under the study's
+    slot lock (so any number of workers share one schedule) by :func:`nas.moasha.schedule_promotion`.
 
     Args:
         settings: the study settings.
         space: the search space at the training fidelity.
-        train_cfg: the training recipe at the search fidelity.
-        data: loaded once per process at ``train_cfg.input_size``.
+        train_cfg: the training recipe at the search fidelity (rungs are applied on top of it).
+        data: loaded once per process at ``train_cfg``'s fidelity (other rungs load theirs lazily).
         tracker: MLflow experiment of this study (None: no tracking).
         sampler / pruner: built from config by the caller.
+        fidelity_name: the name of ``train_cfg``'s rung (``scheduler=none``), for reports.
+        train_fn / load_data_fn: the trainer and data loader (tests inject stand-ins).
     """
 
     def __init__(
@@ -199,25 +279,69 @@ class StudyWorker:
         settings: SearchSettings,
         space: SearchSpace,
         train_cfg: TrainConfig,
-        data: DataBundle,
+        data: DataBundle | None,
         tracker: Tracker | None,
         sampler: optuna.samplers.BaseSampler,
         pruner: optuna.pruners.BasePruner | None = None,
         progress: bool = True,
+        *,
+        fidelity_name: str = "base",
+        train_fn: Callable[..., Any] | None = None,
+        load_data_fn: Callable[[TrainConfig], DataBundle] | None = None,
     ):
-        self.s, self.space, self.train_cfg, self.data, self.tracker = settings, space, train_cfg, data, tracker
-        self.study, self.storage = open_study(settings, sampler, pruner)
+        self.s, self.space, self.train_cfg, self.tracker = settings, space, train_cfg, tracker
+        self.study, self.storage, self.ledger = self._db(open_study, settings, sampler, pruner, what="opening")
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry)
         self.progress = progress
+        self.train_fn, self.load_data_fn = train_fn, load_data_fn  # None: nas.study.train_genotype at call time
         self.parent_run: str | None = None
         self._closed: set[str] = set()
+        self.stopped: str | None = None
         self.timing = {"infeasible_s": 0.0, "trained_s": 0.0, "failed_s": 0.0}
-        fid = json.dumps(train_cfg.fidelity(), sort_keys=True)
-        stored = self.study.user_attrs.get("fidelity")
-        if stored is None:
-            self.study.set_user_attr("fidelity", fid)
-        elif stored != fid:
-            log.warning("study %s was run at fidelity %s; this worker trains at %s", settings.name, stored, fid)
+        if settings.scheduler == "mo_asha":
+            self.rung_names = list(settings.rungs)
+            self.rung_cfgs = [rung_config(train_cfg, n) for n in settings.rungs]
+        else:
+            self.rung_names, self.rung_cfgs = [fidelity_name], [train_cfg]
+        self.n_sched = len(self.rung_names)  # rungs that candidates are promoted through
+        self.confirm_index: int | None = None
+        if settings.confirm_rung:
+            if settings.confirm_rung not in self.rung_names:
+                self.rung_names.append(settings.confirm_rung)
+                self.rung_cfgs.append(rung_config(train_cfg, settings.confirm_rung))
+            self.confirm_index = self.rung_names.index(settings.confirm_rung)
+        self._data: dict[str, DataBundle] = {}
+        if data is not None:
+            self._data[self._data_key(train_cfg)] = data
+        fid = json.dumps({n: c.fidelity() for n, c in zip(self.rung_names, self.rung_cfgs)} if len(self.rung_names) > 1
+                         else train_cfg.fidelity(), sort_keys=True)
+        attrs = self._db(lambda: self.study.user_attrs, what="reading the study")
+        if attrs.get("fidelity") is None:
+            self._db(self.study.set_user_attr, "fidelity", fid)
+        elif attrs["fidelity"] != fid:
+            log.warning("study %s was run at fidelity %s; this worker trains at %s", settings.name, attrs["fidelity"],
+                        fid)
+        if attrs.get("started_at") is None:
+            self._db(self.study.set_user_attr, "started_at", time.time())
+        self._db(self.study.set_user_attr, "scheduler", settings.scheduler)
+        # how to rebuild the front from storage (nas-pareto, nas.points.stored_front)
+        self._db(self.study.set_user_attr, "schedule", {"rung_names": self.rung_names, "n_sched": self.n_sched,
+                                                        "seed": train_cfg.seed, "confirm_index": self.confirm_index})
+
+    def _db(self, fn: Callable[..., Any], *args: Any, what: str = "", **kwargs: Any) -> Any:
+        """A storage call, retried while the storage is unreachable (``study.storage_retry_s``)."""
+        return retry_storage(fn, *args, retry_s=self.s.storage_retry_s, what=what, **kwargs)
+
+    @staticmethod
+    def _data_key(cfg: TrainConfig) -> str:
+        keys = ("input_size", "train_fraction", "holdout_fraction", "selection", "seed", "drop_split_duplicates")
+        return json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True, default=list)
+
+    def _data_for(self, cfg: TrainConfig) -> DataBundle | None:
+        key = self._data_key(cfg)
+        if key not in self._data and self.load_data_fn is not None:
+            self._data[key] = self.load_data_fn(cfg)
+        return self._data.get(key)
 
     # -- tracking helpers ------------------------------------------------------------------------
     def _start_parent(self) -> None:
@@ -231,17 +355,22 @@ class StudyWorker:
                 self.tracker.end_run(r.info.run_id, KILLED)  # a worker killed before it could close its run
         self.parent_run = self.tracker.start_run(
             f"{self.s.name}-worker-{host}-{pid}",
-            tags={"study": self.s.name, "role": "worker", "host": host, "pid": pid, "mode": self.s.mode},
+            tags={"study": self.s.name, "role": "worker", "host": host, "pid": pid, "mode": self.s.mode,
+                  "scheduler": self.s.scheduler},
         )
         self.tracker.log_params(
             self.parent_run,
             {
                 "mode": self.s.mode,
+                "scheduler": self.s.scheduler,
                 "n_trials": self.s.n_trials,
                 "storage": redact(self.s.storage),
                 "space": type(self.space).__name__,
+                "rungs": ",".join(self.rung_names[: self.n_sched]),
+                "eta": self.s.eta,
+                "confirm_seeds": self.s.confirm_seeds,
                 **{f"budget.{k}": v for k, v in self.s.budgets.items()},
-                **{f"fidelity.{k}": v for k, v in self.train_cfg.fidelity().items()},
+                **{f"fidelity.{k}": v for k, v in self.rung_cfgs[0].fidelity().items()},
             },
         )
 
@@ -260,31 +389,91 @@ class StudyWorker:
                 self._closed.add(rid)
         return n
 
-    # -- the loop ----------------------------------------------------------------------------------
-    def _next_trial(self) -> optuna.Trial | None:
-        """Ask for the next trial under the slot lock; None when the study is done."""
-        wait = object()
-        while True:
-            optuna.storages.fail_stale_trials(self.study)  # a killed worker's trial: FAIL, and its retry queued
-            with slot_lock(self.s.storage, self.s.name):
+    # -- the schedule ------------------------------------------------------------------------------
+    def _time_up(self) -> bool:
+        if self.s.time_budget_s is None:
+            return False
+        started = self.study.user_attrs.get("started_at", time.time())
+        return time.time() - float(started) > self.s.time_budget_s
+
+    def _ask_main(self) -> Job:
+        trial = self.study.ask()
+        # beat at once: a worker killed before its heartbeat thread's first beat would leave a
+        # RUNNING trial without heartbeat, which Optuna never finds stale (the study never ends)
+        self.storage.record_heartbeat(trial._trial_id)
+        return Job("new", trial, rung=0, seed=self.train_cfg.seed)
+
+    def _ask_ledger(self, candidate: int | None = None, rung: int = 0, seed: int = 0, kind: str = "") -> Job:
+        trial = self.ledger.ask()  # a WAITING retry of an interrupted training comes first
+        self.storage.record_heartbeat(trial._trial_id)
+        if "candidate" in trial.user_attrs:
+            a = trial.user_attrs
+            return Job(a["kind"], trial, int(a["candidate"]), int(a["rung"]), int(a["seed"]))
+        for k, v in (("candidate", candidate), ("rung", rung), ("rung_name", self.rung_names[rung]), ("seed", seed),
+                     ("kind", kind)):
+            trial.set_user_attr(k, v)
+        return Job(kind, trial, candidate, rung, seed)
+
+    def _rung_of(self, cands: dict[int, Any], n: int) -> int:
+        return self.confirm_index if self.confirm_index is not None else cands[n].top_rung(self.train_cfg.seed)
+
+    def _decide(self, trials: Sequence[FrozenTrial], led: Sequence[FrozenTrial]) -> Job | object | None:
+        """The next job (called under the slot lock), ``_WAIT`` or None (the study is done)."""
+        c = count_slots(trials)
+        if c["waiting"]:
+            return self._ask_main()
+        if any(t.state == TrialState.WAITING for t in led):
+            return self._ask_ledger()
+        seed, s = self.train_cfg.seed, self.s
+        cands = candidates(trials, led, seed)
+        time_up = self._time_up()
+        if time_up and self.stopped is None:
+            self.stopped = f"study.time_budget_s={s.time_budget_s:g} s reached"
+        if s.scheduler == "mo_asha" and not time_up:
+            prom = schedule_promotion(cands, self.n_sched, seed, s.eta, s.max_retry)
+            if prom is not None:
+                return self._ask_ledger(prom[0], prom[1], seed, "promotion")
+        if not time_up and c["slots"] < s.n_trials:
+            if c["infeasible"] < s.max_infeasible:
+                return self._ask_main()
+            self.stopped = (f"study.max_infeasible={s.max_infeasible} over-budget proposals reached with "
+                            f"{c['slots']} of {s.n_trials} candidates trained: loosen study.budgets, narrow the "
+                            "space, or raise study.max_infeasible")
+        running = [t for t in led if t.state == TrialState.RUNNING]
+        if c["running"] or any(t.user_attrs.get("kind") == "promotion" for t in running):
+            return _WAIT  # their results may still change the schedule or the front
+        if s.confirm_seeds:
+            _, front = rung_front(trials, led, self.rung_names[: self.n_sched], seed)
+            members = [p.trial for p in front]
+            rung_of = {n: self._rung_of(cands, n) for n in members}
+            seeds = [seed + i for i in range(1, s.confirm_seeds + 1)]
+            nxt = next_confirmation(members, cands, rung_of, seeds, s.max_retry)
+            if nxt is not None:
+                return self._ask_ledger(nxt[0], nxt[1], nxt[2], "confirm")
+        return _WAIT if running else None
+
+    def _next_job_once(self) -> Job | object | None:
+        optuna.storages.fail_stale_trials(self.study)  # a killed worker's trial: FAIL, and its retry queued
+        optuna.storages.fail_stale_trials(self.ledger)
+        with slot_lock(self.s.storage, self.s.name):
+            trials = self.study.get_trials(deepcopy=False)
+            if not trials:
+                for name in self.s.enqueue:
+                    g = get_genotype(name, num_classes=self.space.num_classes, input_size=self.space.input_size)
+                    self.study.enqueue_trial(self.space.params_for(g), user_attrs={"reference": name})
                 trials = self.study.get_trials(deepcopy=False)
-                if not trials:
-                    for name in self.s.enqueue:
-                        g = get_genotype(name, num_classes=self.space.num_classes, input_size=self.space.input_size)
-                        self.study.enqueue_trial(self.space.params_for(g), user_attrs={"reference": name})
-                    trials = self.study.get_trials(deepcopy=False)
-                c = count_slots(trials)
-                if c["waiting"] or c["slots"] < self.s.n_trials:
-                    trial = self.study.ask()
-                    # beat at once: a worker killed before its heartbeat thread's first beat would leave a
-                    # RUNNING trial without heartbeat, which Optuna never finds stale (the study never ends)
-                    self.storage.record_heartbeat(trial._trial_id)
-                else:
-                    trial = wait if c["running"] else None
-            self._close_orphan_runs(trials)  # the MLflow runs of trials failed above (or by another worker)
-            if trial is not wait:
-                return trial
-            time.sleep(min(self.s.heartbeat_interval, 5))  # other workers' (or stale) trials still running
+            led = self.ledger.get_trials(deepcopy=False)
+            job = self._decide(trials, led)
+        self._close_orphan_runs([*trials, *led])  # the MLflow runs of trials failed above (or by another worker)
+        return job
+
+    def _next_job(self) -> Job | None:
+        """The next job under the slot lock, retried through storage outages; None when the study is done."""
+        while True:
+            job = self._db(self._next_job_once, what="scheduling")
+            if job is not _WAIT:
+                return job
+            time.sleep(min(self.s.heartbeat_interval, 5))  # other workers' (or stale) trainings still running
 
     def run(self) -> dict[str, Any]:
         """Work until the study is done; return the summary (the JSON line of ``nas-search``)."""
@@ -297,17 +486,15 @@ class StudyWorker:
         status = FINISHED
         bar = tqdm(total=self.s.n_trials, desc=f"study {self.s.name}", disable=not self.progress, dynamic_ncols=True)
         try:
-            while (trial := self._next_trial()) is not None:
-                self._run_trial(trial)
-                trials = self.study.get_trials(deepcopy=False)
-                c, front = count_slots(trials), front_of(trials)
-                best = max((p.miou for p in front), default=float("nan"))
+            while (job := self._next_job()) is not None:
+                if job.kind == "new":
+                    self._run_trial(job.trial)
+                else:
+                    self._run_ledger(job)
+                trials = self._db(self.study.get_trials, deepcopy=False, what="progress")
+                c = count_slots(trials)
                 bar.n = min(c["slots"] - c["running"] - c["waiting"], self.s.n_trials)
-                bar.set_postfix(
-                    best_miou=f"{best:.2f}",
-                    front=len(front),
-                    infeasible=sum(1 for t in trials if t.user_attrs.get("feasible") is False),
-                )
+                bar.set_postfix(infeasible=c["infeasible"], last=f"{job.kind}@{self.rung_names[job.rung]}")
                 bar.refresh()
         except KeyboardInterrupt:
             status = KILLED
@@ -315,8 +502,81 @@ class StudyWorker:
         finally:
             bar.close()
             self.timing["wall_s"] = time.perf_counter() - t_start
-            summary = self.finish(status)
+            summary = self._db(self.finish, status, what="the summary")
+        if self.stopped:
+            log.warning("study %s stopped: %s", self.s.name, self.stopped)
         return summary
+
+    # -- one training -----------------------------------------------------------------------------
+    def _epoch_logger(self, rid: str | None, trial: optuna.Trial | None) -> Callable[[Any], None]:
+        pruning = self.s.mode == "constrained" and trial is not None
+
+        def on_epoch(rec) -> None:
+            if self.tracker and rid:
+                self.tracker.log_metrics(
+                    rid,
+                    {
+                        "train/loss": rec.train_loss,
+                        "train/iou": rec.train_iou,
+                        "holdout/miou": rec.holdout_miou,
+                        "train/images_per_s": rec.images_per_s,
+                    },
+                    step=rec.global_epoch,
+                )
+            if pruning and rec.holdout_miou is not None:
+                trial.report(rec.holdout_miou, rec.global_epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {rec.global_epoch}")
+
+        return on_epoch
+
+    def _train(self, g: Genotype, rung: int, seed: int, rid: str | None, trial: optuna.Trial | None) -> Any:
+        cfg = self.rung_cfgs[rung]
+        if cfg.seed != seed:
+            cfg = replace(cfg, seed=seed)
+        g = get_genotype(g, input_size=cfg.input_size)
+        train = self.train_fn or train_genotype
+        return train(g, cfg, self._data_for(cfg), on_epoch=self._epoch_logger(rid, trial))
+
+    def _run_ledger(self, job: Job) -> None:
+        """Train a promotion or confirmation; tell its ledger trial (FAIL on error, the run goes on)."""
+        t0, rid, kind = time.perf_counter(), None, "failed_s"
+        trial = job.trial
+        try:
+            with Heartbeat(self.storage, trial._trial_id, self.s.heartbeat_interval):
+                main = self._db(self.study.get_trials, deepcopy=False, what="reading a candidate")[job.candidate]
+                g = genotype_from_dict(json.loads(main.user_attrs["genotype"]))
+                if self.tracker:
+                    rid = self.tracker.start_run(
+                        f"trial-{job.candidate:04d}-{self.rung_names[job.rung]}-seed{job.seed}",
+                        parent_run_id=self.parent_run,
+                        tags={"study": self.s.name, "trial": job.candidate, "rung": self.rung_names[job.rung],
+                              "seed": job.seed, "kind": job.kind, "archid": g.archid(), "state": "RUNNING"},
+                    )
+                    self._db(trial.set_user_attr, "mlflow_run_id", rid)
+                res = self._train(g, job.rung, job.seed, rid, None)
+                for k in ("holdout_miou", "miou_2class"):
+                    self._db(trial.set_user_attr, k, getattr(res, k, None))
+                if self.tracker and rid:
+                    self.tracker.log_metrics(rid, {"val/miou": res.miou, "val/miou_2class": res.miou_2class})
+                self._db(self.ledger.tell, trial, res.miou, what="telling a rung result")
+                self._close(rid, "COMPLETE", FINISHED)
+                kind = "trained_s"
+        except KeyboardInterrupt:
+            with contextlib.suppress(Exception):
+                self.ledger.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            self._close(rid, "FAIL", KILLED)
+            raise
+        except Exception as exc:  # recorded as failed; the schedule tries it again up to max_retry times
+            msg = f"{type(exc).__name__}: {exc}"
+            log.warning("%s of trial %s at %s seed %d failed: %s", job.kind, job.candidate,
+                        self.rung_names[job.rung], job.seed, msg)
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("error", msg[:2000])
+            self._db(self.ledger.tell, trial, state=TrialState.FAIL, skip_if_finished=True, what="telling a failure")
+            self._close(rid, "FAIL", FAILED)
+        finally:
+            self.timing[kind] += time.perf_counter() - t0
 
     def _run_trial(self, trial: optuna.Trial) -> None:
         t0 = time.perf_counter()
@@ -330,12 +590,12 @@ class StudyWorker:
                         parent_run_id=self.parent_run,
                         tags={"study": self.s.name, "trial": trial.number, "state": "RUNNING"},
                     )
-                    trial.set_user_attr("mlflow_run_id", rid)
+                    self._db(trial.set_user_attr, "mlflow_run_id", rid)
                 kind = self._evaluate(trial, rid)
         # skip_if_finished below: another worker may have failed (and retried) this trial meanwhile, had our
         # heartbeat stalled past the grace period; this worker then goes on instead of crashing
         except optuna.TrialPruned:
-            self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            self._db(self.study.tell, trial, state=TrialState.PRUNED, skip_if_finished=True)
             self._close(rid, "PRUNED", FINISHED)
             kind = "trained_s"
         except KeyboardInterrupt:
@@ -357,7 +617,7 @@ class StudyWorker:
             log.warning("trial %d failed: %s", trial.number, msg)
             with contextlib.suppress(Exception):
                 trial.set_user_attr("error", msg[:2000])
-            self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            self._db(self.study.tell, trial, state=TrialState.FAIL, skip_if_finished=True, what="telling a failure")
             if rid and self.tracker:
                 self.tracker.set_tags(rid, {"error": msg[:5000]})
             self._close(rid, "FAIL", FAILED)
@@ -370,63 +630,44 @@ class StudyWorker:
             self.tracker.end_run(rid, status)
 
     def _evaluate(self, trial: optuna.Trial, rid: str | None) -> str:
-        """Suggest, count, check budgets, train; tell Optuna. Returns the timing bucket."""
+        """Suggest, count, check budgets, train at rung 0; tell Optuna. Returns the timing bucket."""
         g = self.space.suggest(trial)
         counted = get_genotype(g, input_size=self.s.cost_input_size)
         cost = genotype_cost(counted, self.s.cost_input_size)  # shapes only: milliseconds
-        trial.set_user_attr("archid", g.archid())
-        trial.set_user_attr("family", g.family)
-        trial.set_user_attr("genotype", g.to_json())
-        trial.set_user_attr("params", cost.params)
-        trial.set_user_attr("conv_macs", cost.conv_macs)
         over = {}
         for key, value in (("params", cost.params), ("conv_macs", cost.conv_macs)):
             limit = self.s.budgets.get(key)
             if limit is not None:
-                trial.set_constraint(key, float(value - limit))
+                self._db(trial.set_constraint, key, float(value - limit))
                 over[key] = value > limit
         feasible = not any(over.values())
-        trial.set_user_attr("feasible", feasible)
+        attrs = {"archid": g.archid(), "family": g.family, "genotype": g.to_json(), "params": cost.params,
+                 "conv_macs": cost.conv_macs, "rung": self.rung_names[0], "feasible": feasible}
+        for k, v in attrs.items():  # "feasible" last: it makes the trial a candidate for the schedule
+            self._db(trial.set_user_attr, k, v)
         tags = {
             "archid": g.archid(),
             "family": g.family,
             "feasible": feasible,
             "reference": trial.user_attrs.get("reference", ""),
+            "rung": self.rung_names[0],
+            "seed": self.train_cfg.seed,
+            "kind": "new",
         }
         if self.tracker and rid:
             self.tracker.set_tags(rid, tags)
             self.tracker.log_params(rid, {f"genotype.{k}": v for k, v in g.flat_params().items()})
             self.tracker.log_metrics(rid, {"params": cost.params, "conv_macs": cost.conv_macs})
         if not feasible:
-            # never trained: the sampler sees the constraint values; 0 marks "no mIoU measured"
-            self.study.tell(trial, self._values(0.0, cost.params, cost.conv_macs))
+            # never trained, takes no slot: the sampler sees the constraint values; 0 marks "no mIoU measured"
+            self._db(self.study.tell, trial, self._values(0.0, cost.params, cost.conv_macs))
             self._close(rid, "COMPLETE", FINISHED)
             return "infeasible_s"
         if self.tracker and rid:
             self.tracker.log_text(rid, g.to_yaml(), "genotype.yaml")
-        pruning = self.s.mode == "constrained"
-
-        def on_epoch(rec) -> None:
-            if self.tracker and rid:
-                self.tracker.log_metrics(
-                    rid,
-                    {
-                        "train/loss": rec.train_loss,
-                        "train/iou": rec.train_iou,
-                        "holdout/miou": rec.holdout_miou,
-                        "train/images_per_s": rec.images_per_s,
-                    },
-                    step=rec.global_epoch,
-                )
-            if pruning and rec.holdout_miou is not None:
-                trial.report(rec.holdout_miou, rec.global_epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at epoch {rec.global_epoch}")
-
-        res = train_genotype(g, self.train_cfg, self.data, on_epoch=on_epoch)
-        trial.set_user_attr("miou", res.miou)
-        trial.set_user_attr("miou_2class", res.miou_2class)
-        trial.set_user_attr("holdout_miou", res.holdout_miou)
+        res = self._train(g, 0, self.train_cfg.seed, rid, trial)
+        for k in ("miou", "miou_2class", "holdout_miou"):
+            self._db(trial.set_user_attr, k, getattr(res, k, None))
         metrics = {
             "val/miou": res.miou,
             "val/miou_2class": res.miou_2class,
@@ -438,11 +679,11 @@ class StudyWorker:
             metrics["latency_ms"], _ = measure_latency(
                 model, self.s.cost_input_size, threads=self.s.latency_threads, warmup=2, repeats=5
             )
-            trial.set_user_attr("fvcore_total", metrics["fvcore_total"])
-            trial.set_user_attr("latency_ms", metrics["latency_ms"])
+            self._db(trial.set_user_attr, "fvcore_total", metrics["fvcore_total"])
+            self._db(trial.set_user_attr, "latency_ms", metrics["latency_ms"])
         if self.tracker and rid:
-            self.tracker.log_metrics(rid, metrics, step=self.train_cfg.epochs)
-        self.study.tell(trial, self._values(res.miou, cost.params, cost.conv_macs))
+            self.tracker.log_metrics(rid, metrics, step=self.rung_cfgs[0].epochs)
+        self._db(self.study.tell, trial, self._values(res.miou, cost.params, cost.conv_macs), what="telling a result")
         self._close(rid, "COMPLETE", FINISHED)
         return "trained_s"
 
@@ -451,13 +692,18 @@ class StudyWorker:
 
     # -- the end -----------------------------------------------------------------------------------
     def finish(self, status: str = FINISHED) -> dict[str, Any]:
-        """Tag the front in MLflow, write and log the Pareto artifacts, export genotypes; return the summary."""
+        """Tag the front in MLflow, write and log the Pareto artifacts and ``<name>.json``, export
+        genotypes; return the summary."""
         from nas.report import hypervolume, plot_fronts, write_front_csv
 
         trials = self.study.get_trials(deepcopy=False)
+        led = self.ledger.get_trials(deepcopy=False)
         c = count_slots(trials)
-        front = front_of(trials)
-        on_front = {p.trial for p in front}
+        seed = self.train_cfg.seed
+        everything, front = study_front(trials, led, self.rung_names, self.n_sched, seed, self.confirm_index)
+        cands = candidates(trials, led, seed)
+        confirmed = any(p.seeds for p in front)
+        on_front = {p.trial: p for p in front}
         ref = self.s.reference_point
         hv = hypervolume(front, (ref["miou"], ref["params"], ref["conv_macs"])) if front else 0.0
         out = Path(self.s.output_dir) / self.s.name
@@ -466,10 +712,16 @@ class StudyWorker:
             for t in trials:
                 rid = t.user_attrs.get("mlflow_run_id")
                 if rid and t.state == TrialState.COMPLETE:
+                    p = on_front.get(t.number)
+                    tags = {"on_pareto_front": p is not None}
+                    if p is not None:
+                        tags["front_rung"] = p.rung
+                        if p.miou_std is not None:
+                            tags["front_miou"] = f"{p.miou:.3f} +/- {p.miou_std:.3f} ({len(p.seeds)} seeds)"
                     with contextlib.suppress(Exception):
-                        self.tracker.set_tags(rid, {"on_pareto_front": t.number in on_front})
+                        self.tracker.set_tags(rid, tags)
+        files: list[Path] = []
         if front:
-            everything = trained_points(trials)
             refs = [p for p in everything if trials[p.trial].user_attrs.get("reference")]
             png, html = plot_fronts(
                 {self.s.name: front},
@@ -477,41 +729,49 @@ class StudyWorker:
                 out / "pareto.html",
                 references=refs,
                 all_points={self.s.name: everything},
-                title=f"{self.s.name}: Pareto front",
+                title=f"{self.s.name}: Pareto front ({self.s.scheduler}; "
+                + ("mean +/- std over seeds" if confirmed else f"seed {seed}") + ")",
             )
-            csv = write_front_csv(front, out / "pareto.csv")
-            if self.tracker and self.parent_run:
-                for p in (png, html, csv):
-                    self.tracker.log_artifact(self.parent_run, p, "pareto")
-                for p in exported:
-                    self.tracker.log_artifact(self.parent_run, p, "pareto/genotypes")
-        n_infeasible = sum(
-            1 for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("feasible") is False
-        )
+            files = [png, html, write_front_csv(front, out / "pareto.csv")]
+        per_rung = {n: sum(1 for cd in cands.values() if (k, seed) in cd.results)
+                    for k, n in enumerate(self.rung_names[: self.n_sched])}
         summary = {
             "study": self.s.name,
-            "n_complete": sum(1 for t in trials if t.state == TrialState.COMPLETE) - n_infeasible,
-            "n_infeasible": n_infeasible,
+            "scheduler": self.s.scheduler,
+            "rungs": self.rung_names[: self.n_sched],
+            "eta": self.s.eta if self.s.scheduler == "mo_asha" else None,
+            "seed": seed,
+            "n_complete": sum(1 for t in trials if t.state == TrialState.COMPLETE) - c["infeasible"],
+            "n_infeasible": c["infeasible"],
             "n_failed": c["fail"] - c["retried"],
             "n_pruned": c["pruned"],
             "n_retried": c["retried"],
-            "pareto": [
-                {"trial": p.trial, "miou": round(p.miou, 3), "params": p.params, "conv_macs": p.conv_macs}
-                for p in front
-            ],
+            "trained_per_rung": per_rung,
+            "n_confirmations": sum(1 for t in led if t.state == TrialState.COMPLETE and t.user_attrs.get("kind")
+                                   == "confirm"),
+            "n_ledger_failed": sum(1 for t in led if t.state == TrialState.FAIL),
+            "pareto": [_point_json(p) for p in front],
+            "confirmed": confirmed,
             "hypervolume": hv,
             "reference_point": ref,
+            "stopped": self.stopped,
             "infeasible_time_fraction": self.timing["infeasible_s"] / max(self.timing.get("wall_s", 0.0), 1e-9),
             "timing_s": {k: round(v, 2) for k, v in self.timing.items()},
+            "fidelity": {n: cfg.fidelity() for n, cfg in zip(self.rung_names, self.rung_cfgs)},
             "output_dir": str(out),
         }
+        files.append(atomic_write_text(out / f"{self.s.name}.json", json.dumps(summary, indent=2, default=str) + "\n"))
         if self.tracker and self.parent_run:
+            for p in files:
+                self.tracker.log_artifact(self.parent_run, p, "pareto")
+            for p in exported:
+                self.tracker.log_artifact(self.parent_run, p, "pareto/genotypes")
             self.tracker.log_metrics(
                 self.parent_run,
                 {
                     "hypervolume": hv,
                     "front_size": len(front),
-                    "n_infeasible": n_infeasible,
+                    "n_infeasible": c["infeasible"],
                     "infeasible_time_fraction": summary["infeasible_time_fraction"],
                 },
             )
@@ -520,10 +780,18 @@ class StudyWorker:
         return summary
 
 
+def _point_json(p: FrontPoint) -> dict[str, Any]:
+    d = {"trial": p.trial, "label": p.label, "miou": round(p.miou, 3), "params": p.params, "conv_macs": p.conv_macs,
+         "rung": p.rung}
+    if p.seeds:
+        d |= {"miou_std": round(p.miou_std, 3), "seeds": list(p.seeds), "miou_seeds": [round(v, 3) for v in
+                                                                                         p.miou_seeds],
+              "within_noise": p.within_noise}
+    return d
+
+
 def export_front(trials: Sequence[FrozenTrial], front: Sequence[FrontPoint], folder: Path) -> list[Path]:
     """Write each Pareto-optimal genotype as YAML (``nas-train model=<file>`` accepts it)."""
-    from search_spaces import genotype_from_dict
-
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for p in front:

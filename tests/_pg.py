@@ -94,6 +94,10 @@ class PgServer:
     def start(self) -> None:
         self.run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync",
                  "--no-instructions")
+        self.start_again()
+
+    def start_again(self) -> None:
+        """Start the (initialised, stopped) server on its port again."""
         opts = (f"-k {self.sockets} -p {self.port} -c listen_addresses=localhost -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
         self.run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.base / "server.log"), "-w", "-t", "60",

@@ -147,14 +147,20 @@ def test_plot_fronts_writes_png_and_offline_html(tmp_path):
 
 
 def test_write_front_csv_round_trip(tmp_path):
-    pts = [P("a", 90.123456789, 86_910, 63_740_000, trial=4, archid="x_1"), P("b", 88.5, 1, 2)]
+    confirmed = FrontPoint("c", 87.5, 30_000, 9_000_000, trial=7, rung="search", miou_std=0.5,
+                           seeds=(0, 1, 2), miou_seeds=(87.0, 87.5, 88.0), within_noise=True)
+    pts = [P("a", 90.123456789, 86_910, 63_740_000, trial=4, archid="x_1"), P("b", 88.5, 1, 2), confirmed]
     path = write_front_csv(pts, tmp_path / "front.csv")
     with path.open() as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["label", "trial", "archid", "miou", "params", "conv_macs"]
+    assert list(rows[0]) == ["label", "trial", "archid", "miou", "params", "conv_macs", "rung", "miou_std",
+                             "seeds", "miou_seeds", "within_noise"]
     assert rows[0] == {"label": "a", "trial": "4", "archid": "x_1", "miou": "90.123456789",
-                       "params": "86910", "conv_macs": "63740000"}
+                       "params": "86910", "conv_macs": "63740000", "rung": "", "miou_std": "", "seeds": "",
+                       "miou_seeds": "", "within_noise": ""}
     assert rows[1]["trial"] == "" and rows[1]["archid"] == ""
+    assert rows[2]["rung"] == "search" and rows[2]["seeds"] == "0;1;2"
+    assert rows[2]["miou_seeds"] == "87.0;87.5;88.0" and rows[2]["within_noise"] == "True"
 
 
 def test_write_table_md_csv_tex(tmp_path):

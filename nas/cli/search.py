@@ -24,9 +24,24 @@ def build_worker(cfg: DictConfig):
     sampler = instantiate(cfg.sampler, seed=s.seed)
     pruner = instantiate(cfg.pruner) if s.mode == "constrained" else None
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment) if cfg.tracking.enabled else None
-    data = load_data(cfg.data.root, tcfg, cache_dir=cfg.data.cache_dir, val_fraction=cfg.data.val_fraction,
-                     progress=bool(cfg.progress))
-    return StudyWorker(s, space, tcfg, data, tracker, sampler, pruner, progress=bool(cfg.progress))
+
+    def load(c):  # each rung's data, loaded when first trained (one bundle per input size, fraction and seed)
+        return load_data(cfg.data.root, c, cache_dir=cfg.data.cache_dir, val_fraction=cfg.data.val_fraction,
+                         progress=bool(cfg.progress))
+
+    data = load(tcfg) if s.scheduler == "none" else None
+    return StudyWorker(s, space, tcfg, data, tracker, sampler, pruner, progress=bool(cfg.progress),
+                       fidelity_name=_fidelity_choice(), load_data_fn=load)
+
+
+def _fidelity_choice() -> str:
+    """The name of the composed ``fidelity`` rung (``base`` outside a Hydra app, e.g. in tests)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return str(HydraConfig.get().runtime.choices.get("fidelity", "base"))
+    except ValueError:  # HydraConfig not set
+        return "base"
 
 
 @hydra_app("search")
@@ -38,12 +53,15 @@ def main(cfg: DictConfig) -> None:
         print("nas-search: interrupted; the current trial is marked failed and will be retried on resume",
               file=sys.stderr)
         sys.exit(130)
-    print(f"study {summary['study']}: {summary['n_complete']} trained, {summary['n_infeasible']} over budget, "
-          f"{summary['n_failed']} failed; front of {len(summary['pareto'])}, hypervolume {summary['hypervolume']:.4f}; "
+    print(f"study {summary['study']} ({summary['scheduler']}): {summary['n_complete']} trained "
+          f"{summary['trained_per_rung']}, {summary['n_infeasible']} over budget, {summary['n_failed']} failed; "
+          f"front of {len(summary['pareto'])}, hypervolume {summary['hypervolume']:.4f}; "
           f"artifacts in {summary['output_dir']}")
-    print_json_line({k: summary[k] for k in ("study", "n_complete", "n_infeasible", "n_failed", "pareto",
-                                             "hypervolume")} | {"infeasible_time_fraction":
-                                                                summary["infeasible_time_fraction"]})
+    if summary["stopped"]:
+        print(f"nas-search: stopped early: {summary['stopped']}", file=sys.stderr)
+    keys = ("study", "scheduler", "n_complete", "n_infeasible", "n_failed", "trained_per_rung", "pareto", "confirmed",
+            "hypervolume", "stopped", "infeasible_time_fraction")
+    print_json_line({k: summary[k] for k in keys})
 
 
 @hydra_app("pareto")
