@@ -214,22 +214,24 @@ def _cli(module: str, args: list[str], cwd: Path, env: dict[str, str] | None = N
 
 def test_cli_unknown_key(tmp_path: Path) -> None:
     out = _cli("nas.cli.train", ["foo=1"], tmp_path)
-    assert out.returncode == 1
-    assert "Could not override 'foo'" in out.stderr and "+foo=1" in out.stderr
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nas-train: error: Could not override 'foo'"), out.stderr
+    assert "+foo=1" in lines[0]
 
 
 def test_cli_no_data_root_and_bad_genotype_file(tmp_path: Path) -> None:
     env = {k: v for k, v in cli_env().items() if k != "EG1800_ROOT"}
     out = _cli("nas.cli.train", [*TINY_TRAIN], tmp_path, env)
-    assert out.returncode == 1
-    assert "EG1800 data root is not set: pass data.root=/path/to/EG1800 or set the EG1800_ROOT" in out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "nas-train: error: EG1800 data root is not set: pass data.root=/path/to/EG1800 or set the EG1800_ROOT" in out.stderr
 
     from search_spaces import get_genotype
 
     (tmp_path / "bad.yaml").write_text(get_genotype("sinet").to_yaml().replace("pool: 4", "pool: 3", 1))
     out = _cli("nas.cli.train", [*TINY_TRAIN, "model=bad.yaml"], tmp_path, env)
-    assert out.returncode == 1
-    assert re.search(r"ValueError: bad\.yaml: stages\[1\]\.modules\[\d+\]\.branches\[\d+\]: invalid pool=3",
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert re.search(r"nas-train: error: bad\.yaml: stages\[1\]\.modules\[\d+\]\.branches\[\d+\]: invalid pool=3",
                      out.stderr), out.stderr[-2000:]
 
 
@@ -240,6 +242,14 @@ def test_cli_search_unwritable_storage(tmp_path: Path, eg1800_root: Path, cache_
     url = f"sqlite:///{tmp_path}/afile/x.db"
     out = _cli("nas.cli.search", ["fidelity=tiny", "data.val_fraction=0.1", "progress=false", "study.name=s",
                                   f"study.storage={url}"], tmp_path, env)
-    assert out.returncode == 1
-    assert f"OSError: study.storage='{url}': folder {tmp_path}/afile does not exist or is not writable" in out.stderr
+    assert out.returncode == 2
+    assert f"nas-search: error: study.storage='{url}': folder {tmp_path}/afile does not exist or is not writable" in out.stderr
     assert not os.path.exists(tmp_path / "mlflow.db")  # stopped before anything was written
+
+
+def test_cli_full_error_shows_traceback(tmp_path: Path) -> None:
+    """HYDRA_FULL_ERROR=1 turns the one-line error back into the traceback (for bug reports)."""
+    env = {k: v for k, v in cli_env({"HYDRA_FULL_ERROR": "1"}).items() if k != "EG1800_ROOT"}
+    out = _cli("nas.cli.train", [*TINY_TRAIN], tmp_path, env)
+    assert out.returncode == 1
+    assert "Traceback" in out.stderr and "EG1800 data root is not set" in out.stderr
