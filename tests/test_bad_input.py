@@ -224,7 +224,8 @@ def test_cli_no_data_root_and_bad_genotype_file(tmp_path: Path) -> None:
     env = {k: v for k, v in cli_env().items() if k != "EG1800_ROOT"}
     out = _cli("nas.cli.train", [*TINY_TRAIN], tmp_path, env)
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "nas-train: error: EG1800 data root is not set: pass data.root=/path/to/EG1800 or set the EG1800_ROOT" in out.stderr
+    assert ("nas-train: error: EG1800 data root is not set: pass data.root=/path/to/EG1800 or set the "
+            "EG1800_ROOT") in out.stderr
 
     from search_spaces import get_genotype
 
@@ -243,7 +244,8 @@ def test_cli_search_unwritable_storage(tmp_path: Path, eg1800_root: Path, cache_
     out = _cli("nas.cli.search", ["fidelity=tiny", "data.val_fraction=0.1", "progress=false", "study.name=s",
                                   f"study.storage={url}"], tmp_path, env)
     assert out.returncode == 2
-    assert f"nas-search: error: study.storage='{url}': folder {tmp_path}/afile does not exist or is not writable" in out.stderr
+    assert (f"nas-search: error: study.storage='{url}': folder {tmp_path}/afile does not exist or is not "
+            "writable") in out.stderr
     assert not os.path.exists(tmp_path / "mlflow.db")  # stopped before anything was written
 
 
