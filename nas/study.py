@@ -239,6 +239,9 @@ def open_study(
 # -- the worker ---------------------------------------------------------------------------------
 
 
+_JOB_KEYS = ("candidate", "rung", "seed", "kind")  # user attributes that make a ledger trial a job
+
+
 @dataclass
 class Job:
     """One training to run: a new candidate (a main-study trial, trained at rung 0) or a
@@ -403,12 +406,15 @@ class StudyWorker:
         self.storage.record_heartbeat(trial._trial_id)
         return Job("new", trial, rung=0, seed=self.train_cfg.seed)
 
-    def _ask_ledger(self, candidate: int | None = None, rung: int = 0, seed: int = 0, kind: str = "") -> Job:
+    def _ask_ledger(self, candidate: int | None = None, rung: int = 0, seed: int = 0, kind: str = "") -> Job | object:
         trial = self.ledger.ask()  # a WAITING retry of an interrupted training comes first
         self.storage.record_heartbeat(trial._trial_id)
-        if "candidate" in trial.user_attrs:
-            a = trial.user_attrs
+        a = trial.user_attrs
+        if all(a.get(k) is not None for k in _JOB_KEYS):
             return Job(a["kind"], trial, int(a["candidate"]), int(a["rung"]), int(a["seed"]))
+        if candidate is None:  # the retry of a ledger trial created when the storage went away, never assigned
+            self.ledger.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            return _WAIT  # decide again
         for k, v in (("candidate", candidate), ("rung", rung), ("rung_name", self.rung_names[rung]), ("seed", seed),
                      ("kind", kind)):
             trial.set_user_attr(k, v)
@@ -573,7 +579,7 @@ class StudyWorker:
                         self.rung_names[job.rung], job.seed, msg)
             with contextlib.suppress(Exception):
                 trial.set_user_attr("error", msg[:2000])
-            self._db(self.ledger.tell, trial, state=TrialState.FAIL, skip_if_finished=True, what="telling a failure")
+            self._tell_failure(self.ledger, trial)
             self._close(rid, "FAIL", FAILED)
         finally:
             self.timing[kind] += time.perf_counter() - t0
@@ -617,12 +623,26 @@ class StudyWorker:
             log.warning("trial %d failed: %s", trial.number, msg)
             with contextlib.suppress(Exception):
                 trial.set_user_attr("error", msg[:2000])
-            self._db(self.study.tell, trial, state=TrialState.FAIL, skip_if_finished=True, what="telling a failure")
+            self._tell_failure(self.study, trial)
             if rid and self.tracker:
                 self.tracker.set_tags(rid, {"error": msg[:5000]})
             self._close(rid, "FAIL", FAILED)
         finally:
             self.timing[kind] += time.perf_counter() - t0
+
+    def _tell_failure(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        """Tell ``trial`` FAIL; a trial whose record the storage lost is logged and left to the schedule.
+
+        A database that acknowledges commits before they are durable (PostgreSQL with
+        ``synchronous_commit=off``) can lose the newest trials in a crash; their jobs are
+        simply scheduled again (a lost candidate leaves its slot open, a lost promotion is
+        promoted again), so the worker goes on instead of dying of ``KeyError``.
+        """
+        try:
+            self._db(study.tell, trial, state=TrialState.FAIL, skip_if_finished=True, what="telling a failure")
+        except KeyError:
+            log.warning("trial %d of %s was lost by the storage (a crash lost acknowledged writes: is PostgreSQL's "
+                        "synchronous_commit off?); its job is scheduled again", trial.number, study.study_name)
 
     def _close(self, rid: str | None, state: str, status: str) -> None:
         if rid and self.tracker:

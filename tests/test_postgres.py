@@ -53,8 +53,6 @@ def _pg_states(url: str, study: str) -> dict[int, str]:
 
 @pytest.mark.slow
 @pytest.mark.postgres
-@pytest.mark.xfail(reason="known bug (issue 10, open): a promotion whose ledger trial was being created when the "
-                          "server went down fails after the retry with KeyError 'Record does not exist.'", strict=False)
 def test_study_survives_a_postgres_restart(tracked: Path, postgres_server) -> None:
     """The server is stopped (immediate shutdown, as a crash) while a mo_asha study trains, and started
     again 8 s later: the worker retries with backoff and the study finishes with every slot accounted for
