@@ -102,11 +102,25 @@ def _fail(path: Path, msg: str) -> ValueError:
     return ValueError(f"{path}: {msg}")
 
 
-def load_experiment(name_or_path: str, experiments_dir: str | Path = "experiments") -> Experiment:
+SHIPPED_EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def experiments_folder(experiments_dir: str | Path | None = None) -> Path:
+    """Where experiment names are looked up: ``experiments_dir`` when given, else ``./experiments``
+    when the working directory has one, else the experiments shipped beside the package
+    (:data:`SHIPPED_EXPERIMENTS`), so ``nas-ablate experiment=<name>`` works from any folder."""
+    if experiments_dir is not None:
+        return Path(experiments_dir)
+    here = Path("experiments")
+    return here if here.is_dir() else SHIPPED_EXPERIMENTS
+
+
+def load_experiment(name_or_path: str, experiments_dir: str | Path | None = None) -> Experiment:
     """Read and check an experiment file.
 
     Args:
         name_or_path: ``<name>`` (read ``<experiments_dir>/<name>.yaml``) or a path.
+        experiments_dir: the folder of named experiments (None: :func:`experiments_folder`).
 
     Raises:
         FileNotFoundError: no such experiment (the message lists those available).
@@ -114,6 +128,7 @@ def load_experiment(name_or_path: str, experiments_dir: str | Path = "experiment
             variant whose genotype or training config is invalid -- the message
             names the file, the variant and the key.
     """
+    experiments_dir = experiments_folder(experiments_dir)
     p = Path(name_or_path)
     if p.suffix not in (".yaml", ".yml"):
         p = Path(experiments_dir) / f"{name_or_path}.yaml"

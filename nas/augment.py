@@ -21,10 +21,10 @@ generator from (seed, epoch, index).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
+
+from nas.config import AugmentConfig  # re-exported: the augmentation and its settings side by side
 
 __all__ = ["AugmentConfig", "Augment"]
 
@@ -32,73 +32,6 @@ __all__ = ["AugmentConfig", "Augment"]
 # blurred copy, so using it keeps our sharpness factor's meaning the same as PIL's.
 _SMOOTH_KERNEL = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13.0
 _BLUR_KINDS = ("gaussian", "median", "box")
-
-
-def _check_range(name: str, r: tuple[float, float], low: float = 0.0) -> None:
-    if len(r) != 2 or not (low <= r[0] <= r[1]):
-        raise ValueError(f"{name} must be a (lo, hi) pair with {low} <= lo <= hi, got {r!r}")
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Switches and parameters of the augmentation pipeline (release defaults).
-
-    Booleans ``affine, flip, color, blur, noise`` turn whole stages on/off.
-    Angles are in degrees, shifts are fractions of the image size, pixel values
-    and noise sigma are in 0..255 units, ``*_p`` are probabilities in [0, 1].
-
-    Raises:
-        ValueError: on an inverted/negative range, a probability outside [0, 1],
-            or a blur kernel size that is not a positive odd integer.
-    """
-
-    affine: bool = True
-    flip: bool = True
-    color: bool = True
-    blur: bool = True
-    noise: bool = True
-
-    rotation_deg: float = 45.0
-    scale_range: tuple[float, float] = (0.5, 1.5)
-    shift_frac: float = 0.25
-    pad_value: int = 128
-    mask_pad_value: int = 0
-
-    flip_p: float = 0.5
-
-    color_p: float = 0.5
-    # The reference text gives no saturation range; 0.4-1.6 (same as brightness)
-    # is what PortraitNet's colour augmentation, which the release follows, uses.
-    saturation_range: tuple[float, float] = (0.4, 1.6)
-    brightness_range: tuple[float, float] = (0.4, 1.6)
-    contrast_range: tuple[float, float] = (0.6, 1.4)
-    sharpness_range: tuple[float, float] = (0.8, 1.2)
-
-    blur_p: float = 0.5
-    blur_kernels: tuple[int, ...] = (3, 5)
-
-    noise_p: float = 0.5
-    noise_sigma_max: float = 10.0
-
-    def __post_init__(self) -> None:
-        for name in ("flip_p", "color_p", "blur_p", "noise_p"):
-            p = getattr(self, name)
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {p!r}")
-        _check_range("scale_range", self.scale_range, low=1e-6)
-        for name in ("saturation_range", "brightness_range", "contrast_range", "sharpness_range"):
-            _check_range(name, getattr(self, name))
-        if self.rotation_deg < 0 or self.shift_frac < 0 or self.noise_sigma_max < 0:
-            raise ValueError("rotation_deg, shift_frac and noise_sigma_max must be >= 0")
-        if not self.blur_kernels or any(k < 1 or k % 2 == 0 for k in self.blur_kernels):
-            raise ValueError(f"blur_kernels must be positive odd sizes, got {self.blur_kernels!r}")
-        if not (0 <= self.pad_value <= 255 and 0 <= self.mask_pad_value <= 1):
-            raise ValueError("pad_value must be in 0..255 and mask_pad_value in {0, 1}")
-
-    @classmethod
-    def disabled(cls) -> "AugmentConfig":
-        """A config with every stage off (the identity transform)."""
-        return cls(affine=False, flip=False, color=False, blur=False, noise=False)
 
 
 class Augment:

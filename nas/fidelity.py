@@ -126,7 +126,7 @@ class FidelitySettings:
         if not isinstance(self.n_archs, int) or self.n_archs < 2:
             raise ValueError(f"fidelity.n_archs={self.n_archs!r}; allowed: an integer >= 2")
         if not self.rungs or len(set(self.rungs)) != len(self.rungs):
-            raise ValueError(f"fidelity.rungs={list(self.rungs)}; allowed: distinct names of conf/fidelity/ files, "
+            raise ValueError(f"fidelity.rungs={list(self.rungs)}; allowed: distinct names of nas/conf/fidelity/ files, "
                              "cheapest first")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"fidelity.seeds={list(self.seeds)}; allowed: distinct integers, at least one")

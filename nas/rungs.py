@@ -1,4 +1,4 @@
-"""The fidelity ladder: named rungs, each a plain config in ``conf/fidelity/<name>.yaml``.
+"""The fidelity ladder: named rungs, each a plain config in ``nas/conf/fidelity/<name>.yaml``.
 
 A rung is a set of training overrides (``epochs``, ``input_size``,
 ``train_fraction``, ``augment``, ``schedule``, ``lr``, ...) on top of the
@@ -26,11 +26,11 @@ __all__ = ["rung_names", "load_rung", "apply_overrides", "rung_config"]
 
 
 def _rung_dir() -> Path:
-    return Path(str(resources.files("conf") / "fidelity"))
+    return Path(str(resources.files("nas.conf") / "fidelity"))
 
 
 def rung_names() -> list[str]:
-    """The shipped rungs (the files of ``conf/fidelity/``), sorted by name."""
+    """The shipped rungs (the files of ``nas/conf/fidelity/``), sorted by name."""
     return sorted(p.stem for p in _rung_dir().glob("*.yaml"))
 
 
@@ -54,37 +54,15 @@ def load_rung(name: str) -> dict[str, Any]:
 
 
 def apply_overrides(base: Any, *layers: Mapping[str, Any] | None, where: str = "train") -> Any:
-    """``base`` (a :class:`nas.train.TrainConfig`) with each layer of overrides applied in order.
-
-    ``augment`` is merged key by key; lists become tuples; ``None`` values are
-    skipped (so an unset command-line override changes nothing).
+    """``base`` (a :class:`nas.config.TrainConfig`) with each layer of overrides applied in order
+    (:func:`nas.config.merge_layers`: ``augment`` merged key by key, ``None`` values skipped).
 
     Raises:
-        ValueError: an unknown key (the message names it and ``where``).
+        ValueError: an unknown key (the message names it and ``where``) or a bad value.
     """
-    from nas.augment import AugmentConfig
+    from nas.config import merge_layers
 
-    merged = base.as_dict()
-    for layer in layers:
-        for k, val in (layer or {}).items():
-            if val is None:
-                continue
-            if k not in merged:
-                raise ValueError(f"unknown {where} key {k!r}; allowed: {sorted(merged)}")
-            if k == "augment":
-                aug = dict(merged["augment"])
-                bad = sorted(set(val) - set(aug))
-                if bad:
-                    raise ValueError(f"unknown {where}.augment key(s) {bad}; allowed: {sorted(aug)}")
-                aug.update(val)
-                merged["augment"] = aug
-            else:
-                merged[k] = val
-    merged["augment"] = AugmentConfig(**{k: tuple(x) if isinstance(x, list) else x
-                                         for k, x in merged["augment"].items()})
-    for k in ("input_size", "betas", "milestones"):
-        merged[k] = tuple(merged[k])
-    return type(base)(**merged)
+    return merge_layers(base, *layers, where=where)
 
 
 def rung_config(base: Any, name: str, **changes: Any) -> Any:

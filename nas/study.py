@@ -36,7 +36,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from nas._atomic import atomic_write_text
+from nas.config import MODES, SearchSettings
 from nas.cost import count_fvcore, genotype_cost, measure_latency
 from nas.moasha import next_confirmation, schedule_promotion
 from nas.points import candidates, front_of, ledger_name, rung_front, study_front, trained_points
@@ -82,109 +83,7 @@ log = logging.getLogger(__name__)
 # We drive heartbeats and stale-trial checks ourselves around an ask/tell loop.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-MODES = ("pareto", "constrained")
 OBJECTIVES = ("miou", "params", "conv_macs")
-
-
-SCHEDULERS = ("none", "mo_asha")
-
-
-@dataclass
-class SearchSettings:
-    """The ``study`` config node.
-
-    Attributes:
-        name: study name (also the MLflow experiment name).
-        mode: ``pareto`` or ``constrained``.
-        n_trials: the study's total number of trained candidates (not an increment); candidates
-            over a hard budget are recorded but take no slot.
-        storage: ``sqlite:///file.db`` (default, embedded) or ``postgresql://...``.
-        budgets: hard limits ``{"params": P, "conv_macs": F}`` (None = no limit).
-        cost_input_size: (H, W) at which parameters/MACs are counted for budgets.
-        enqueue: registered names trained first as references at the same fidelity.
-        heartbeat_interval / grace_period: seconds; a RUNNING trial whose
-            heartbeat is older than ``grace_period`` is failed and retried.
-        max_retry: retries of one interrupted trial (or rung training).
-        extra_costs: also count fvcore MACs and latency for trained candidates.
-        output_dir: Pareto artifacts and exported genotypes go to
-            ``<output_dir>/<name>/``.
-        scheduler: ``none`` (every candidate trained at the ``fidelity`` rung) or ``mo_asha``
-            (multi-objective asynchronous successive halving over ``rungs``).
-        rungs: fidelity rung names (files of ``conf/fidelity/``), cheapest first (``mo_asha``).
-        eta: reduction factor: the top ``1/eta`` of a rung is promoted (``mo_asha``).
-        max_infeasible: over-budget proposals allowed before the study stops with a message
-            (None: 10 x ``n_trials``).
-        confirm_seeds: at the end, every front member is retrained with this many further seeds.
-        confirm_rung: the rung of those retrainings (None: each member's own rung).
-        time_budget_s: wall-clock seconds from the study's start after which no new candidate or
-            promotion is started (None: no limit); confirmations run after it.
-        storage_retry_s: seconds a worker retries an unreachable storage (with backoff) before it fails.
-    """
-
-    name: str
-    mode: str = "pareto"
-    n_trials: int = 40
-    storage: str = "sqlite:///nas_studies.db"
-    seed: int = 0
-    budgets: dict[str, float | None] = field(default_factory=dict)
-    cost_input_size: tuple[int, int] = (224, 224)
-    enqueue: Sequence[str] = ()
-    heartbeat_interval: int = 10
-    grace_period: int = 30
-    max_retry: int = 2
-    extra_costs: bool = True
-    latency_threads: int = 1
-    output_dir: str = "runs/search"
-    reference_point: dict[str, float] = field(
-        default_factory=lambda: {"miou": 50.0, "params": 200_000, "conv_macs": 300_000_000}
-    )
-    scheduler: str = "none"
-    rungs: Sequence[str] = ("search_half", "search")
-    eta: int = 3
-    max_infeasible: int | None = None
-    confirm_seeds: int = 0
-    confirm_rung: str | None = None
-    time_budget_s: float | None = None
-    storage_retry_s: float = 300.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            # study.name=nan / true / 1e3 reach us as a float or bool (YAML typing): say so, not MLflow later
-            raise ValueError(
-                f"study.name={self.name!r} ({type(self.name).__name__}); allowed: a non-empty string "
-                f"(quote a name that YAML reads as a number or boolean: study.name=\"'{self.name}'\")"
-            )
-        if self.mode not in MODES:
-            raise ValueError(f"study.mode={self.mode!r}; allowed: {', '.join(MODES)}")
-        if not isinstance(self.n_trials, int) or self.n_trials < 1:
-            raise ValueError(f"study.n_trials={self.n_trials!r}; allowed: an integer >= 1")
-        bad = sorted(set(self.budgets) - {"params", "conv_macs"})
-        if bad:
-            raise ValueError(f"study.budgets has unknown key(s) {bad}; allowed: params, conv_macs")
-        if self.mode == "constrained" and not any(v is not None for v in self.budgets.values()):
-            raise ValueError("study.mode=constrained needs study.budgets.params and/or study.budgets.conv_macs")
-        scheme = self.storage.split(":", 1)[0]
-        if not (scheme == "sqlite" or scheme.startswith("postgresql")):
-            raise ValueError(f"study.storage={self.storage!r}; allowed: sqlite:///path.db or postgresql://user@host/db")
-        self.cost_input_size = (int(self.cost_input_size[0]), int(self.cost_input_size[1]))
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"study.scheduler={self.scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
-        if self.scheduler == "mo_asha":
-            if self.mode != "pareto":
-                raise ValueError("study.scheduler=mo_asha needs study.mode=pareto (constrained studies prune instead)")
-            if len(self.rungs) < 2:
-                raise ValueError(f"study.rungs={list(self.rungs)!r}; mo_asha needs at least 2 rungs, cheapest first")
-        if not isinstance(self.eta, int) or self.eta < 2:
-            raise ValueError(f"study.eta={self.eta!r}; allowed: an integer >= 2")
-        if self.max_infeasible is None:
-            self.max_infeasible = 10 * self.n_trials
-        if not isinstance(self.max_infeasible, int) or self.max_infeasible < 0:
-            raise ValueError(f"study.max_infeasible={self.max_infeasible!r}; allowed: an integer >= 0 or null")
-        if not isinstance(self.confirm_seeds, int) or self.confirm_seeds < 0:
-            raise ValueError(f"study.confirm_seeds={self.confirm_seeds!r}; allowed: an integer >= 0")
-        if self.time_budget_s is not None and not self.time_budget_s > 0:
-            raise ValueError(f"study.time_budget_s={self.time_budget_s!r}; allowed: seconds > 0 or null")
-        self.rungs = tuple(self.rungs)
 
 
 # -- storage and locking ------------------------------------------------------------------------

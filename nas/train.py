@@ -29,14 +29,15 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from nas.augment import Augment, AugmentConfig
+from nas.augment import Augment
+from nas.config import TrainConfig
 from nas.data import SegmentationDataset, SplitArrays, load_split_arrays, make_loader, split_holdout
 from nas.losses import SegmentationLoss, class_weights_from_masks, downsample_labels
 from nas.metrics import SegmentationMetrics, foreground_iou_per_image, predictions_from_logits
@@ -57,150 +58,12 @@ __all__ = [
 ]
 
 
-SELECTIONS = ("holdout", "last", "val_best")
-
-
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run stops with this error.
 
     A search records the trial as failed and goes on; ``nas-train`` exits with
     status 3.
     """
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every training setting (the Hydra ``train`` node maps onto it).
-
-    Attributes:
-        epochs: total epochs (both stages together) -- the main fidelity knob.
-        schedule: ``two_stage`` (the release's) or ``single_stage``.
-        stage1_epochs: encoder epochs of ``two_stage``; ``None`` = half.
-        input_size: (H, W) pixels for training and evaluation.
-        train_fraction: fraction of the training list used (seeded subset).
-        holdout_fraction: fraction of the training ids held out for
-            checkpoint selection (0 = keep the last epoch).
-        batch_size / stage1_batch_size: images per step in stage 2 / stage 1.
-        lr: Adam learning rate (release: 5e-4 SINet, 1e-3 ExtremeC3Net).
-        loss: ``ce`` (2-class weighted cross-entropy) or ``lovasz`` (1-class).
-        boundary / boundary_window / boundary_window_stage1 / boundary_weight:
-            the boundary term (release: on, 15 px, 5 px, 0.5).
-        augment: the augmentation parts that are on.
-        seed: one seed for weights, data order and augmentation.
-        threads: torch intra-op threads (results are bit-identical only at a
-            fixed thread count).
-        channels_last: NHWC memory format (oneDNN's fast path on CPU: ~15%
-            faster training steps here).
-        compile: ``torch.compile`` the training forward pass. Roughly 1.7x
-            faster steps on CPU, but a new architecture takes minutes to
-            compile: worth it for long runs, not for low-fidelity search trials.
-        recipe: the name of the per-model recipe these values came from
-            (``conf/recipe/``: ``sinet``, ``extremec3net``, ``release``).
-        lovasz_per_image: the Lovasz hinge per image and averaged (True), or
-            over the whole batch flattened (False, the release's ExtremeC3Net).
-        stage1_handoff: ``best`` (the release: stage 2 starts from the best
-            stage-1 epoch by the selection score) or ``last``.
-        selection: ``holdout`` | ``last`` | ``val_best`` (see the module doc);
-            ``val_best`` results are ``optimistic``.
-        val_best_after: the fraction of a stage's epochs after which
-            ``val_best`` considers an epoch (the release: 0.6).
-        init: a checkpoint (``nas-train`` or ``nas-import``) whose weights
-            start the training; its network must be the one trained. A
-            checkpoint with other preprocessing (the release's) is adapted
-            to ours first (:func:`nas.release.adapt_input`).
-    """
-
-    epochs: int = 600
-    schedule: str = "two_stage"
-    stage1_epochs: int | None = None
-    input_size: tuple[int, int] = (224, 224)
-    train_fraction: float = 1.0
-    holdout_fraction: float = 0.1
-    drop_split_duplicates: bool = True
-    batch_size: int = 24
-    stage1_batch_size: int = 36
-    eval_batch_size: int = 64
-    lr: float = 5e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay_conv: float = 2e-4
-    weight_decay_depthwise: float = 0.0
-    weight_decay_other: float = 2e-6
-    milestones: tuple[float, ...] = (0.5, 5 / 6)
-    gamma: float = 0.5
-    loss: str = "ce"
-    class_weight_c: float = 1.10
-    boundary: bool = True
-    boundary_window: int = 15
-    boundary_window_stage1: int = 5
-    boundary_weight: float = 0.5
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    seed: int = 0
-    threads: int | None = None
-    num_workers: int = 0
-    progress: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    recipe: str = "release"
-    lovasz_per_image: bool = True
-    stage1_handoff: str = "best"
-    selection: str = "holdout"
-    val_best_after: float = 0.6
-    init: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
-        if self.schedule not in ("two_stage", "single_stage"):
-            raise ValueError(f"train.schedule={self.schedule!r}; allowed: two_stage, single_stage")
-        if self.loss not in ("ce", "lovasz"):
-            raise ValueError(f"train.loss={self.loss!r}; allowed: ce, lovasz")
-        if self.epochs < 1:
-            raise ValueError(f"train.epochs={self.epochs}; allowed: an integer >= 1")
-        if self.schedule == "two_stage":
-            s1 = self.stage1_epochs_resolved
-            if not 1 <= s1 < self.epochs:
-                raise ValueError(
-                    f"train.stage1_epochs={self.stage1_epochs} with epochs={self.epochs}: two_stage needs "
-                    "1 <= stage1_epochs < epochs (and epochs >= 2)"
-                )
-        if self.stage1_handoff not in ("best", "last"):
-            raise ValueError(f"train.stage1_handoff={self.stage1_handoff!r}; allowed: best, last")
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"train.selection={self.selection!r}; allowed: {', '.join(SELECTIONS)}")
-        if not 0.0 <= self.val_best_after < 1.0:
-            raise ValueError(f"train.val_best_after={self.val_best_after}; allowed: [0, 1)")
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ValueError(f"train.holdout_fraction={self.holdout_fraction}; allowed: [0, 1)")
-
-    @property
-    def stage1_epochs_resolved(self) -> int:
-        if self.schedule == "single_stage":
-            return 0
-        return self.stage1_epochs if self.stage1_epochs is not None else self.epochs // 2
-
-    @property
-    def optimistic(self) -> bool:
-        """True when the reported validation list also picked the checkpoint (``selection=val_best``)."""
-        return self.selection == "val_best"
-
-    @property
-    def num_classes(self) -> int:
-        """1 for the Lovasz hinge, 2 for cross-entropy."""
-        return 1 if self.loss == "lovasz" else 2
-
-    def fidelity(self) -> dict[str, Any]:
-        """The knobs that make results comparable (logged and tabulated with every result)."""
-        return {
-            "epochs": self.epochs,
-            "schedule": self.schedule,
-            "stage1_epochs": self.stage1_epochs_resolved,
-            "input_size": list(self.input_size),
-            "train_fraction": self.train_fraction,
-        }
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["input_size"] = list(self.input_size)
-        return d
 
 
 @dataclass
@@ -549,22 +412,3 @@ def init_state(path: str, genotype: Genotype) -> dict[str, torch.Tensor]:
     return adapt_input(model, meta["preprocessing"], OURS).state_dict()
 
 
-def train_config_from(node: Any) -> TrainConfig:
-    """A :class:`TrainConfig` from a Hydra/OmegaConf node or dict; unknown keys raise ``ValueError``."""
-    from omegaconf import DictConfig, OmegaConf
-
-    d = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    names = {f for f in TrainConfig.__dataclass_fields__}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"unknown train key(s) {unknown}; allowed: {sorted(names)}")
-    if isinstance(d.get("augment"), dict):
-        aug_names = set(AugmentConfig.__dataclass_fields__)
-        bad = sorted(set(d["augment"]) - aug_names)
-        if bad:
-            raise ValueError(f"unknown train.augment key(s) {bad}; allowed: {sorted(aug_names)}")
-        d["augment"] = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["augment"].items()})
-    for k in ("input_size", "betas", "milestones"):
-        if k in d and d[k] is not None:
-            d[k] = tuple(d[k])
-    return TrainConfig(**d)

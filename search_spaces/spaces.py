@@ -3,7 +3,7 @@
 A :class:`SearchSpace` has one job, ``suggest(trial) -> Genotype``, and its
 inverse, ``params_for(genotype) -> dict``, which proves that a genotype (the
 published SINet or ExtremeC3Net, say) is a point of the space and lets a study
-enqueue it. Candidate sets come from Hydra config (``conf/space/*.yaml``), so
+enqueue it. Candidate sets come from Hydra config (``nas/conf/space/*.yaml``), so
 a researcher changes them without touching code.
 
 Parameter names are ``<family>.s<stage>.m<module>.b<branch>.<field>`` (and a

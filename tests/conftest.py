@@ -36,11 +36,14 @@ def workdir(tmp_path, monkeypatch, eg1800_root, cache_dir) -> Path:
 
 
 def compose(config_name: str, overrides: list[str] | None = None):
-    """Compose ``conf/<config_name>.yaml`` as the console script would."""
+    """Compose ``nas/conf/<config_name>.yaml`` as the console script would."""
     from hydra import compose as _compose
     from hydra import initialize_config_module
 
-    with initialize_config_module(config_module="conf", version_base="1.3"):
+    from nas.config import register_configs
+
+    register_configs()
+    with initialize_config_module(config_module="nas.conf", version_base="1.3"):
         return _compose(config_name=config_name, overrides=overrides or [], return_hydra_config=False)
 
 

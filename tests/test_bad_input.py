@@ -22,7 +22,8 @@ import scipy.io
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from nas import data as D
-from nas.train import TrainConfig, load_data, train_config_from
+from nas.config import study_settings_from, train_settings_from
+from nas.train import TrainConfig, load_data
 from tests.conftest import cli_env, compose
 
 TINY_TRAIN = ["fidelity=tiny", "data.val_fraction=0.1", "train.threads=1", "train.progress=false",
@@ -133,12 +134,13 @@ def test_unknown_key_and_unknown_group_option_name_them() -> None:
 
 @pytest.mark.parametrize("override, pattern", [
     ("train.loss=dice", r"train\.loss='dice'; allowed: ce, lovasz"),
-    ("+train.colour=1", r"unknown train key\(s\) \['colour'\]"),
+    ("+train.colour=1", r"unknown train key 'colour'; allowed: \[.*'augment'"),  # forced in with +: refused later
+    ("+train.augment.colr=1", r"unknown train\.augment key 'colr'; allowed: \[.*'affine'"),
     ("train.schedule=three_stage", r"train\.schedule='three_stage'; allowed"),
 ])
 def test_bad_train_values(override: str, pattern: str) -> None:
     with pytest.raises(ValueError, match=pattern):
-        train_config_from(compose("train", [override]).train)
+        train_settings_from(compose("train", [override]).train)
 
 
 @pytest.mark.parametrize("override, pattern", [
@@ -149,13 +151,11 @@ def test_bad_train_values(override: str, pattern: str) -> None:
     ("+study.budgets.latency=3", r"study\.budgets has unknown key\(s\) \['latency'\]"),
 ])
 def test_bad_study_values(override: str, pattern: str) -> None:
-    from omegaconf import OmegaConf
 
-    from nas.study import SearchSettings
 
     cfg = compose("search", [override])
     with pytest.raises(ValueError, match=pattern):
-        SearchSettings(**OmegaConf.to_container(cfg.study, resolve=True))
+        study_settings_from(cfg.study)
 
 
 def test_unknown_model_lists_the_registered_ones() -> None:

@@ -31,14 +31,13 @@ BASE = ["sampler=random", "study.enqueue=[]", "study.extra_costs=false", "tracki
 def make_worker(overrides: list[str], train_fn):
     """A real StudyWorker on the composed ``search`` config, with ``train_fn`` instead of training."""
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    from nas.study import SearchSettings, StudyWorker
-    from nas.train import train_config_from
+    from nas.config import study_settings_from, train_settings_from
+    from nas.study import StudyWorker
 
     cfg = compose("search", BASE + overrides)
-    s = SearchSettings(**OmegaConf.to_container(cfg.study, resolve=True))
-    tcfg = train_config_from(cfg.train)
+    s = study_settings_from(cfg.study)
+    tcfg = train_settings_from(cfg.train)
     space = instantiate(cfg.space).with_fidelity(tcfg.num_classes, tcfg.input_size)
     return StudyWorker(s, space, tcfg, None, None, instantiate(cfg.sampler, seed=s.seed), progress=False,
                        fidelity_name="search", train_fn=train_fn)

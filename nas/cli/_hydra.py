@@ -18,6 +18,8 @@ from typing import Any, Callable
 import hydra
 from omegaconf import DictConfig
 
+from nas.config import register_configs
+
 # Keys whose value is a pair; ``input_size=224,224`` on the command line would
 # otherwise be read by Hydra as a sweep over two values.
 _LIST_KEYS = re.compile(r"^(\+{0,2}(?:[\w.]+\.)?(?:input_size|cost_input_size|studies))=([^\[\]'\"]*,[^\[\]'\"]*)$")
@@ -59,8 +61,9 @@ def _check_composes(config_name: str, overrides: list[str], tool: str) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    register_configs()
     try:
-        with initialize_config_module(config_module="conf", version_base="1.3"):
+        with initialize_config_module(config_module="nas.conf", version_base="1.3"):
             compose(config_name=config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         fail(tool, exc)
@@ -68,7 +71,7 @@ def _check_composes(config_name: str, overrides: list[str], tool: str) -> None:
 
 def hydra_app(config_name: str, argv_hook: Callable[[list[str]], list[str]] | None = None
               ) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
-    """Wrap ``fn(cfg)`` as a console script reading ``conf/<config_name>.yaml``.
+    """Wrap ``fn(cfg)`` as a console script reading ``nas/conf/<config_name>.yaml``.
 
     ``input_size=H,W`` is accepted as well as ``input_size=[H,W]``. ``argv_hook`` may rewrite
     the overrides before Hydra reads them (``nas-train`` picks the model family's recipe).
@@ -85,7 +88,8 @@ def hydra_app(config_name: str, argv_hook: Callable[[list[str]], list[str]] | No
             except KNOWN_ERRORS as exc:
                 fail(tool, exc)
 
-        app = hydra.main(config_path="pkg://conf", config_name=config_name, version_base="1.3")(task)
+        register_configs()
+        app = hydra.main(config_path="pkg://nas.conf", config_name=config_name, version_base="1.3")(task)
 
         @functools.wraps(fn)
         def main() -> Any:

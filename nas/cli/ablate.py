@@ -10,11 +10,11 @@ from nas.cli._hydra import hydra_app, print_json_line
 @hydra_app("ablate")
 def main(cfg: DictConfig) -> None:
     from nas.ablate import load_experiment, run_ablation, write_results
+    from nas.config import train_settings_from
     from nas.tracking import Tracker
-    from nas.train import train_config_from
 
     exp = load_experiment(str(cfg.experiment), cfg.experiments_dir)
-    base = train_config_from(cfg.recipe)
+    base = train_settings_from(cfg.recipe)
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment) if (cfg.tracking.enabled and cfg.train) else None
     result = run_ablation(
         exp, base, data_root=cfg.data.root, cache_dir=cfg.data.cache_dir, tracker=tracker, train=bool(cfg.train),

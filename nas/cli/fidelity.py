@@ -14,13 +14,13 @@ def run_fidelity(cfg: DictConfig) -> dict:
     """Config -> worker -> cells -> report files (+ MLflow); returns the JSON summary."""
     from hydra.utils import instantiate
 
+    from nas.config import train_settings_from
     from nas.fidelity import FidelitySettings, FidelityWorker
     from nas.fidelity_report import write_fidelity_results
     from nas.tracking import Tracker
-    from nas.train import train_config_from
 
     s = FidelitySettings(**OmegaConf.to_container(cfg.study, resolve=True))
-    base = train_config_from(cfg.train)
+    base = train_settings_from(cfg.train)
     space = instantiate(cfg.space).with_fidelity(base.num_classes, s.cost_input_size)
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment) if cfg.tracking.enabled else None
     worker = FidelityWorker(s, space, base, data_root=cfg.data.root, cache_dir=cfg.data.cache_dir, tracker=tracker,

@@ -13,13 +13,14 @@ def build_worker(cfg: DictConfig):
     """Config -> space, recipe, data, tracker, sampler, pruner -> :class:`nas.study.StudyWorker`."""
     from hydra.utils import instantiate
 
-    from nas.study import SearchSettings, StudyWorker, check_storage
+    from nas.config import study_settings_from, train_settings_from
+    from nas.study import StudyWorker, check_storage
     from nas.tracking import Tracker
-    from nas.train import load_data, train_config_from
+    from nas.train import load_data
 
-    s = SearchSettings(**OmegaConf.to_container(cfg.study, resolve=True))
+    s = study_settings_from(cfg.study)
     check_storage(s.storage)  # before the MLflow store and the data are touched
-    tcfg = train_config_from(cfg.train)
+    tcfg = train_settings_from(cfg.train)
     space = instantiate(cfg.space).with_fidelity(tcfg.num_classes, tcfg.input_size)
     sampler = instantiate(cfg.sampler, seed=s.seed)
     pruner = instantiate(cfg.pruner) if s.mode == "constrained" else None

@@ -14,12 +14,13 @@ from nas.cli._hydra import hydra_app, print_json_line
 def run_training(cfg: DictConfig) -> dict:
     """Train ``cfg.model`` with ``cfg.train`` on ``cfg.data``, tracked in MLflow; return the summary."""
     from nas.checkpoint import save_checkpoint
+    from nas.config import train_settings_from
     from nas.cost import cheap_cost
     from nas.tracking import FAILED, Tracker
-    from nas.train import load_data, train_config_from, train_genotype
+    from nas.train import load_data, train_genotype
     from search_spaces import create_model, get_genotype
 
-    tcfg = train_config_from(cfg.train)
+    tcfg = train_settings_from(cfg.train)
     g = get_genotype(str(cfg.model), num_classes=tcfg.num_classes, input_size=tcfg.input_size)
     cost = cheap_cost(create_model(g), tcfg.input_size)  # warns here, once, about a zero gate
     out_dir = Path(cfg.output_dir)
@@ -71,7 +72,7 @@ def run_training(cfg: DictConfig) -> dict:
 def choose_recipe(args: list[str]) -> list[str]:
     """``recipe=NAME`` -> ``recipe@train=NAME``; without one, the recipe of ``model=``'s family.
 
-    The recipe sits under the fidelity and the command line (``conf/train.yaml``'s defaults), so
+    The recipe sits under the fidelity and the command line (``nas/conf/train.yaml``'s defaults), so
     ``train.lr=...`` and a fidelity's ``lr`` still win. An unknown model is left for
     ``run_training`` to report.
     """
