@@ -310,7 +310,7 @@ def run_ablation(
     Raises:
         ValueError / FileNotFoundError: bad experiment values or data (named).
     """
-    from nas.tracking import FAILED, RUNNING
+    from nas.tracking import FAILED, RUNNING, result_metrics, training_run
 
     seeds = tuple(seeds) if seeds else exp.seeds
     configs = {v.name: variant_train_config(base_train, exp, v, fidelity) for v in exp.variants}
@@ -351,44 +351,17 @@ def run_ablation(
                 key = (tcfg.input_size, tcfg.train_fraction, tcfg.holdout_fraction, tcfg.drop_split_duplicates, seed)
                 if key not in data_cache:
                     data_cache[key] = load_data(data_root, tcfg, cache_dir=cache_dir, progress=False)
-                rid = None
-                if tracker:
-                    rid = tracker.start_run(
-                        f"{exp.name}/{v.name}/seed{seed}",
-                        tags={
-                            "ablation": exp.name,
-                            "variant": v.name,
-                            "seed": seed,
-                            "cell": h,
-                            "archid": g.archid(),
-                            "host": socket.gethostname(),
-                            "pid": os.getpid(),
-                        },
-                    )
-                    tracker.log_params(rid, {f"train.{k}": val for k, val in tcfg.as_dict().items()})
-                    tracker.log_params(rid, {f"genotype.{k}": val for k, val in g.flat_params().items()})
-                    tracker.log_metrics(rid, {"params": costs[v.name].params, "conv_macs": costs[v.name].conv_macs})
-                    tracker.log_text(rid, g.to_yaml(), "genotype.yaml")
                 log(
                     f"[{exp.name}] training {v.name} seed {seed} ({tcfg.epochs} epochs at "
                     f"{tcfg.input_size[0]}x{tcfg.input_size[1]})"
                 )
-
-                def on_epoch(rec, rid=rid) -> None:
-                    if tracker:
-                        tracker.log_metrics(
-                            rid, {"train/loss": rec.train_loss, "holdout/miou": rec.holdout_miou}, step=rec.global_epoch
-                        )
-
-                try:
-                    res = train_genotype(g, tcfg, data_cache[key], on_epoch=on_epoch)
-                except BaseException:
-                    if tracker:
-                        tracker.end_run(rid, FAILED)
-                    raise
-                if tracker:
-                    tracker.log_metrics(rid, {"val/miou": res.miou, "val/miou_2class": res.miou_2class})
-                    tracker.end_run(rid)
+                tags = {"ablation": exp.name, "variant": v.name, "seed": seed, "cell": h, "archid": g.archid(),
+                        "host": socket.gethostname(), "pid": os.getpid()}
+                with training_run(tracker, f"{exp.name}/{v.name}/seed{seed}", tags=tags, train_cfg=tcfg, genotype=g,
+                                  costs={"params": costs[v.name].params, "conv_macs": costs[v.name].conv_macs}) as run:
+                    res = train_genotype(g, tcfg, data_cache[key], on_epoch=run.on_epoch)
+                    run.log_metrics(result_metrics(res), step=tcfg.epochs)
+                rid = run.run_id
                 cells.append(Cell(v.name, seed, res.miou, res.miou_2class, rid, False))
                 log(f"[{exp.name}] {v.name} seed {seed}: mIoU {res.miou:.2f}")
     rows = _rows(exp, costs, cells, trained=train)

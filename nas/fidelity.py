@@ -43,7 +43,7 @@ from nas.cost import genotype_cost
 from nas.rungs import load_rung, rung_config
 from nas.storage import Heartbeat as _Heartbeat
 from nas.storage import check_storage, engine_url, slot_lock
-from nas.tracking import FAILED, FINISHED, KILLED, Tracker
+from nas.tracking import FAILED, FINISHED, Tracker, TrainingRun, training_run
 from nas.train import DataBundle, TrainConfig, load_data, train_genotype
 from search_spaces import Genotype, create_model, get_genotype
 from search_spaces.spaces import SearchSpace
@@ -427,17 +427,11 @@ class FidelityWorker:
         out["value"] = 0.0
         return out
 
-    def _run_training(self, a: Arch, rung: str, seed: int, rid: str | None) -> dict[str, float]:
+    def _run_training(self, a: Arch, rung: str, seed: int, run: TrainingRun) -> dict[str, float]:
         cfg = train_config_at(self.base, rung, seed)
         data = self._data_for(cfg)
-
-        def on_epoch(rec: Any) -> None:
-            if self.tracker and rid:
-                self.tracker.log_metrics(rid, {"train/loss": rec.train_loss, "holdout/miou": rec.holdout_miou,
-                                               "train/images_per_s": rec.images_per_s}, step=rec.global_epoch)
-
         c0, t0 = time.process_time(), time.perf_counter()
-        res = train_genotype(a.genotype, cfg, data, on_epoch=on_epoch)
+        res = train_genotype(a.genotype, cfg, data, on_epoch=run.on_epoch)
         cpu, wall = time.process_time() - c0, time.perf_counter() - t0
         return {"value": res.miou, "val/miou": res.miou, "val/miou_2class": res.miou_2class,
                 "val/holdout_miou": res.holdout_miou if res.holdout_miou is not None else math.nan,
@@ -457,52 +451,45 @@ class FidelityWorker:
             self.reused += 1
             self.log(f"[{self.s.name}] {what}: read back from MLflow run {back['mlflow_run_id'][:8]}")
             return
-        rid = None
+        tags = {"kind": "fidelity", "fidelity_study": self.s.name, "cell": cell.key, "arch": cell.arch,
+                "label": a.label, "archid": a.genotype.archid(), "rung": cell.rung, "seed": cell.seed,
+                "host": socket.gethostname(), "pid": os.getpid()}
+        cfg = train_config_at(self.base, cell.rung, cell.seed) if cell.rung != PROXY_RUNG else None
+        run = None
         try:
             with _Heartbeat(self.storage, trial._trial_id, self.s.heartbeat_interval):
                 trial.set_user_attr("mlflow_run_id", None)  # a retried cell's copy carries the dead run's id
-                if self.tracker:
-                    rid = self.tracker.start_run(f"{self.s.name}/a{cell.arch}/{cell.rung}/s{cell.seed}", tags={
-                        "kind": "fidelity", "fidelity_study": self.s.name, "cell": cell.key, "arch": cell.arch,
-                        "label": a.label, "archid": a.genotype.archid(), "rung": cell.rung, "seed": cell.seed,
-                        "host": socket.gethostname(), "pid": os.getpid()})
-                    trial.set_user_attr("mlflow_run_id", rid)
-                    self.tracker.log_params(rid, {f"genotype.{k}": v for k, v in a.genotype.flat_params().items()})
-                    if cell.rung != PROXY_RUNG:
-                        cfg = train_config_at(self.base, cell.rung, cell.seed)
-                        self.tracker.log_params(rid, {f"train.{k}": v for k, v in cfg.as_dict().items()})
-                    self.tracker.log_metrics(rid, {"params": a.params, "conv_macs": a.conv_macs})
-                self.log(f"[{self.s.name}] {what}: running")
-                if cell.rung == PROXY_RUNG:
-                    out = self._run_proxies(a, cell.seed)
-                else:
-                    out = self._run_training(a, cell.rung, cell.seed, rid)
-            if self.tracker and rid:
-                self.tracker.log_metrics(rid, out)
-                self.tracker.end_run(rid, FINISHED)
+                with training_run(self.tracker, f"{self.s.name}/a{cell.arch}/{cell.rung}/s{cell.seed}", tags=tags,
+                                  train_cfg=cfg, genotype=a.genotype,
+                                  costs={"params": a.params, "conv_macs": a.conv_macs}) as run:
+                    if run:
+                        trial.set_user_attr("mlflow_run_id", run.run_id)
+                    self.log(f"[{self.s.name}] {what}: running")
+                    if cell.rung == PROXY_RUNG:
+                        out = self._run_proxies(a, cell.seed)
+                    else:
+                        out = self._run_training(a, cell.rung, cell.seed, run)
+                    run.log_metrics(out)
             for k, v in out.items():
                 trial.set_user_attr(k, v)
             self.study.tell(trial, float(out["value"]), skip_if_finished=True)
             self.trained += 1
             self.log(f"[{self.s.name}] {what}: " + (f"mIoU {out['value']:.2f} ({out['cost/cpu_s']:.0f} CPU-s)"
                                                     if cell.rung != PROXY_RUNG else "proxies scored"))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # the run is closed KILLED by training_run
             with contextlib.suppress(Exception):
                 trial.set_user_attr("error", "interrupted (Ctrl-C)")
                 self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            if self.tracker and rid:
-                with contextlib.suppress(Exception):
-                    self.tracker.end_run(rid, KILLED)
             raise
-        except Exception as exc:  # a failed cell is recorded and the study goes on
+        except Exception as exc:  # a failed cell is recorded and the study goes on (its run closed FAILED)
             msg = f"{type(exc).__name__}: {exc}"
             log.warning("fidelity cell %s failed: %s", what, msg)
             with contextlib.suppress(Exception):
                 trial.set_user_attr("error", msg[:2000])
             self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            if self.tracker and rid:
-                self.tracker.set_tags(rid, {"error": msg[:5000]})
-                self.tracker.end_run(rid, FAILED)
+            if run:
+                with contextlib.suppress(Exception):
+                    run.set_tags({"error": msg[:5000]})
             self.failed += 1
 
     def run(self) -> dict[str, Any]:

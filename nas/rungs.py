@@ -15,14 +15,14 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-__all__ = ["rung_names", "load_rung", "apply_overrides", "rung_config"]
+__all__ = ["RungLadder", "apply_overrides", "build_ladder", "load_rung", "rung_config", "rung_names"]
 
 
 def _rung_dir() -> Path:
@@ -74,3 +74,45 @@ def rung_config(base: Any, name: str, **changes: Any) -> Any:
     """
     cfg = apply_overrides(base, load_rung(name), where=f"fidelity/{name}")
     return replace(cfg, **changes) if changes else cfg
+
+
+@dataclass(frozen=True)
+class RungLadder:
+    """The rungs one study trains at.
+
+    Attributes:
+        names: rung names; the first ``n_sched`` are the schedule (candidates are promoted
+            through them, cheapest first), a confirmation rung outside it comes last.
+        cfgs: the training config at each rung (the recipe with the rung's file applied).
+        n_sched: how many of ``names`` the schedule promotes through.
+        confirm_index: index of the confirmation rung in ``names`` (None: each member's own).
+        seed: the study's training seed (confirmation seeds are ``seed + 1 ...``).
+    """
+
+    names: list[str]
+    cfgs: list[Any]
+    n_sched: int
+    confirm_index: int | None
+    seed: int
+
+
+def build_ladder(base: Any, rungs: list[str], confirm_rung: str | None = None, *, seed: int = 0,
+                 base_is_rung0: bool = False) -> RungLadder:
+    """The :class:`RungLadder` of ``rungs`` on top of ``base`` (a :class:`nas.config.TrainConfig`).
+
+    ``base_is_rung0``: a single-fidelity study whose one rung is ``base`` itself (named
+    ``rungs[0]``, the composed fidelity), not a rung file applied to it.
+
+    Raises:
+        FileNotFoundError, ValueError: an unknown rung or a bad rung file (:func:`rung_config`).
+    """
+    names = list(rungs)
+    cfgs = [base] if base_is_rung0 else [rung_config(base, n) for n in names]
+    n_sched = len(names)
+    confirm_index = None
+    if confirm_rung:
+        if confirm_rung not in names:
+            names.append(confirm_rung)
+            cfgs.append(rung_config(base, confirm_rung))
+        confirm_index = names.index(confirm_rung)
+    return RungLadder(names, cfgs, n_sched, confirm_index, seed)

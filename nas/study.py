@@ -37,20 +37,17 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from nas._atomic import atomic_write_text
 from nas.config import MODES, SearchSettings
 from nas.cost import count_fvcore, genotype_cost, measure_latency
 from nas.moasha import next_confirmation, schedule_promotion
-from nas.points import candidates, front_of, ledger_name, rung_front, study_front, trained_points
-from nas.report import FrontPoint
-from nas.rungs import rung_config
+from nas.points import candidates, front_of, ledger_name, rung_front, trained_points
+from nas.rungs import build_ladder
 from nas.storage import (
     Heartbeat,
     check_storage,
@@ -61,7 +58,8 @@ from nas.storage import (
     retry_storage,
     slot_lock,
 )
-from nas.tracking import FAILED, FINISHED, KILLED, Tracker
+from nas.study_results import write_study_results
+from nas.tracking import FAILED, FINISHED, KILLED, Tracker, TrainingRun, result_metrics, training_run
 from nas.train import DataBundle, TrainConfig, train_genotype
 from search_spaces import Genotype, create_model, genotype_from_dict, get_genotype
 from search_spaces.spaces import SearchSpace
@@ -200,18 +198,11 @@ class StudyWorker:
         self._closed: set[str] = set()
         self.stopped: str | None = None
         self.timing = {"infeasible_s": 0.0, "trained_s": 0.0, "failed_s": 0.0}
-        if settings.scheduler == "mo_asha":
-            self.rung_names = list(settings.rungs)
-            self.rung_cfgs = [rung_config(train_cfg, n) for n in settings.rungs]
-        else:
-            self.rung_names, self.rung_cfgs = [fidelity_name], [train_cfg]
-        self.n_sched = len(self.rung_names)  # rungs that candidates are promoted through
-        self.confirm_index: int | None = None
-        if settings.confirm_rung:
-            if settings.confirm_rung not in self.rung_names:
-                self.rung_names.append(settings.confirm_rung)
-                self.rung_cfgs.append(rung_config(train_cfg, settings.confirm_rung))
-            self.confirm_index = self.rung_names.index(settings.confirm_rung)
+        self.ladder = build_ladder(train_cfg, list(settings.rungs) if settings.scheduler == "mo_asha"
+                                   else [fidelity_name], settings.confirm_rung, seed=train_cfg.seed,
+                                   base_is_rung0=settings.scheduler != "mo_asha")
+        self.rung_names, self.rung_cfgs = self.ladder.names, self.ladder.cfgs
+        self.n_sched, self.confirm_index = self.ladder.n_sched, self.ladder.confirm_index
         self._data: dict[str, DataBundle] = {}
         if data is not None:
             self._data[self._data_key(train_cfg)] = data
@@ -413,64 +404,49 @@ class StudyWorker:
         return summary
 
     # -- one training -----------------------------------------------------------------------------
-    def _epoch_logger(self, rid: str | None, trial: optuna.Trial | None) -> Callable[[Any], None]:
+    def _train(self, g: Genotype, rung: int, seed: int, run: TrainingRun, trial: optuna.Trial | None) -> Any:
+        """Train ``g`` at rung ``rung`` with ``seed``; a constrained study reports each epoch's
+        holdout mIoU to ``trial`` for pruning."""
+        cfg = self.rung_cfgs[rung]
+        if cfg.seed != seed:
+            cfg = replace(cfg, seed=seed)
+        g = get_genotype(g, input_size=cfg.input_size)
         pruning = self.s.mode == "constrained" and trial is not None
 
         def on_epoch(rec) -> None:
-            if self.tracker and rid:
-                self.tracker.log_metrics(
-                    rid,
-                    {
-                        "train/loss": rec.train_loss,
-                        "train/iou": rec.train_iou,
-                        "holdout/miou": rec.holdout_miou,
-                        "train/images_per_s": rec.images_per_s,
-                    },
-                    step=rec.global_epoch,
-                )
+            run.on_epoch(rec)
             if pruning and rec.holdout_miou is not None:
                 trial.report(rec.holdout_miou, rec.global_epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {rec.global_epoch}")
 
-        return on_epoch
-
-    def _train(self, g: Genotype, rung: int, seed: int, rid: str | None, trial: optuna.Trial | None) -> Any:
-        cfg = self.rung_cfgs[rung]
-        if cfg.seed != seed:
-            cfg = replace(cfg, seed=seed)
-        g = get_genotype(g, input_size=cfg.input_size)
         train = self.train_fn or train_genotype
-        return train(g, cfg, self._data_for(cfg), on_epoch=self._epoch_logger(rid, trial))
+        return train(g, cfg, self._data_for(cfg), on_epoch=on_epoch)
 
     def _run_ledger(self, job: Job) -> None:
         """Train a promotion or confirmation; tell its ledger trial (FAIL on error, the run goes on)."""
-        t0, rid, kind = time.perf_counter(), None, "failed_s"
+        t0, kind = time.perf_counter(), "failed_s"
         trial = job.trial
         try:
             with Heartbeat(self.storage, trial._trial_id, self.s.heartbeat_interval):
                 main = self._db(self.study.get_trials, deepcopy=False, what="reading a candidate")[job.candidate]
                 g = genotype_from_dict(json.loads(main.user_attrs["genotype"]))
-                if self.tracker:
-                    rid = self.tracker.start_run(
-                        f"trial-{job.candidate:04d}-{self.rung_names[job.rung]}-seed{job.seed}",
-                        parent_run_id=self.parent_run,
-                        tags={"study": self.s.name, "trial": job.candidate, "rung": self.rung_names[job.rung],
-                              "seed": job.seed, "kind": job.kind, "archid": g.archid(), "state": "RUNNING"},
-                    )
-                    self._db(trial.set_user_attr, "mlflow_run_id", rid)
-                res = self._train(g, job.rung, job.seed, rid, None)
-                for k in ("holdout_miou", "miou_2class"):
-                    self._db(trial.set_user_attr, k, getattr(res, k, None))
-                if self.tracker and rid:
-                    self.tracker.log_metrics(rid, {"val/miou": res.miou, "val/miou_2class": res.miou_2class})
-                self._db(self.ledger.tell, trial, res.miou, what="telling a rung result")
-                self._close(rid, "COMPLETE", FINISHED)
+                rung = self.rung_names[job.rung]
+                tags = {"study": self.s.name, "trial": job.candidate, "rung": rung, "seed": job.seed, "kind": job.kind,
+                        "archid": g.archid()}
+                with training_run(self.tracker, f"trial-{job.candidate:04d}-{rung}-seed{job.seed}", tags=tags,
+                                  parent_run_id=self.parent_run, state_tags=True) as run:
+                    if run:
+                        self._db(trial.set_user_attr, "mlflow_run_id", run.run_id)
+                    res = self._train(g, job.rung, job.seed, run, None)
+                    for k in ("holdout_miou", "miou_2class"):
+                        self._db(trial.set_user_attr, k, getattr(res, k, None))
+                    run.log_metrics(result_metrics(res))
+                    self._db(self.ledger.tell, trial, res.miou, what="telling a rung result")
                 kind = "trained_s"
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # the run is closed KILLED by training_run
             with contextlib.suppress(Exception):
                 self.ledger.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            self._close(rid, "FAIL", KILLED)
             raise
         except Exception as exc:  # recorded as failed; the schedule tries it again up to max_retry times
             msg = f"{type(exc).__name__}: {exc}"
@@ -479,31 +455,27 @@ class StudyWorker:
             with contextlib.suppress(Exception):
                 trial.set_user_attr("error", msg[:2000])
             self._tell_failure(self.ledger, trial)
-            self._close(rid, "FAIL", FAILED)
         finally:
             self.timing[kind] += time.perf_counter() - t0
 
     def _run_trial(self, trial: optuna.Trial) -> None:
-        t0 = time.perf_counter()
-        rid = None
-        kind = "failed_s"
+        """Evaluate one candidate (:meth:`_evaluate`) in its tracked run; record a failure and go on."""
+        t0, kind, run = time.perf_counter(), "failed_s", None
         try:
             with Heartbeat(self.storage, trial._trial_id, self.s.heartbeat_interval):
-                if self.tracker:
-                    rid = self.tracker.start_run(
-                        f"trial-{trial.number:04d}",
-                        parent_run_id=self.parent_run,
-                        tags={"study": self.s.name, "trial": trial.number, "state": "RUNNING"},
-                    )
-                    self._db(trial.set_user_attr, "mlflow_run_id", rid)
-                kind = self._evaluate(trial, rid)
-        # skip_if_finished below: another worker may have failed (and retried) this trial meanwhile, had our
-        # heartbeat stalled past the grace period; this worker then goes on instead of crashing
-        except optuna.TrialPruned:
-            self._db(self.study.tell, trial, state=TrialState.PRUNED, skip_if_finished=True)
-            self._close(rid, "PRUNED", FINISHED)
-            kind = "trained_s"
-        except KeyboardInterrupt:
+                with training_run(self.tracker, f"trial-{trial.number:04d}", tags={"study": self.s.name,
+                                  "trial": trial.number}, parent_run_id=self.parent_run, state_tags=True) as run:
+                    if run:
+                        self._db(trial.set_user_attr, "mlflow_run_id", run.run_id)
+                    try:
+                        kind = self._evaluate(trial, run)
+                    except optuna.TrialPruned:
+                        # skip_if_finished: another worker may have failed (and retried) this trial meanwhile,
+                        # had our heartbeat stalled past the grace period; this worker then goes on
+                        self._db(self.study.tell, trial, state=TrialState.PRUNED, skip_if_finished=True)
+                        run.close(FINISHED, "PRUNED")
+                        kind = "trained_s"
+        except KeyboardInterrupt:  # the run is closed KILLED by training_run
             with contextlib.suppress(Exception):
                 trial.set_user_attr("error", "interrupted (Ctrl-C)")
             frozen = self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
@@ -512,20 +484,19 @@ class StudyWorker:
                 frozen = copy.copy(frozen)
                 frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("error", "mlflow_run_id")}
                 self.retry(self.study, frozen)
-            if frozen.state == TrialState.COMPLETE:  # Ctrl-C came just after its tell
-                self._close(rid, "COMPLETE", FINISHED)
-            else:
-                self._close(rid, frozen.state.name, KILLED)
+            if run and frozen.state == TrialState.COMPLETE:  # Ctrl-C came just after its tell
+                with contextlib.suppress(Exception):
+                    run.set_tags({"state": "COMPLETE"})
             raise
-        except Exception as exc:  # a failed trial is recorded and the study goes on
+        except Exception as exc:  # a failed trial is recorded and the study goes on (its run closed FAILED)
             msg = f"{type(exc).__name__}: {exc}"
             log.warning("trial %d failed: %s", trial.number, msg)
             with contextlib.suppress(Exception):
                 trial.set_user_attr("error", msg[:2000])
             self._tell_failure(self.study, trial)
-            if rid and self.tracker:
-                self.tracker.set_tags(rid, {"error": msg[:5000]})
-            self._close(rid, "FAIL", FAILED)
+            if run:
+                with contextlib.suppress(Exception):
+                    run.set_tags({"error": msg[:5000]})
         finally:
             self.timing[kind] += time.perf_counter() - t0
 
@@ -543,12 +514,7 @@ class StudyWorker:
             log.warning("trial %d of %s was lost by the storage (a crash lost acknowledged writes: is PostgreSQL's "
                         "synchronous_commit off?); its job is scheduled again", trial.number, study.study_name)
 
-    def _close(self, rid: str | None, state: str, status: str) -> None:
-        if rid and self.tracker:
-            self.tracker.set_tags(rid, {"state": state})
-            self.tracker.end_run(rid, status)
-
-    def _evaluate(self, trial: optuna.Trial, rid: str | None) -> str:
+    def _evaluate(self, trial: optuna.Trial, run: TrainingRun) -> str:
         """Suggest, count, check budgets, train at rung 0; tell Optuna. Returns the timing bucket."""
         g = self.space.suggest(trial)
         counted = get_genotype(g, input_size=self.s.cost_input_size)
@@ -573,25 +539,18 @@ class StudyWorker:
             "seed": self.train_cfg.seed,
             "kind": "new",
         }
-        if self.tracker and rid:
-            self.tracker.set_tags(rid, tags)
-            self.tracker.log_params(rid, {f"genotype.{k}": v for k, v in g.flat_params().items()})
-            self.tracker.log_metrics(rid, {"params": cost.params, "conv_macs": cost.conv_macs})
+        run.set_tags(tags)
+        run.log_params({f"genotype.{k}": v for k, v in g.flat_params().items()})
+        run.log_metrics({"params": cost.params, "conv_macs": cost.conv_macs})
         if not feasible:
             # never trained, takes no slot: the sampler sees the constraint values; 0 marks "no mIoU measured"
             self._db(self.study.tell, trial, self._values(0.0, cost.params, cost.conv_macs))
-            self._close(rid, "COMPLETE", FINISHED)
             return "infeasible_s"
-        if self.tracker and rid:
-            self.tracker.log_text(rid, g.to_yaml(), "genotype.yaml")
-        res = self._train(g, 0, self.train_cfg.seed, rid, trial)
+        run.log_text(g.to_yaml(), "genotype.yaml")
+        res = self._train(g, 0, self.train_cfg.seed, run, trial)
         for k in ("miou", "miou_2class", "holdout_miou"):
             self._db(trial.set_user_attr, k, getattr(res, k, None))
-        metrics = {
-            "val/miou": res.miou,
-            "val/miou_2class": res.miou_2class,
-            "train/images_per_s_mean": res.images_per_s,
-        }
+        metrics = result_metrics(res)
         if self.s.extra_costs:
             model = create_model(counted)
             metrics["fvcore_total"] = count_fvcore(model, self.s.cost_input_size)
@@ -600,10 +559,8 @@ class StudyWorker:
             )
             self._db(trial.set_user_attr, "fvcore_total", metrics["fvcore_total"])
             self._db(trial.set_user_attr, "latency_ms", metrics["latency_ms"])
-        if self.tracker and rid:
-            self.tracker.log_metrics(rid, metrics, step=self.rung_cfgs[0].epochs)
+        run.log_metrics(metrics, step=self.rung_cfgs[0].epochs)
         self._db(self.study.tell, trial, self._values(res.miou, cost.params, cost.conv_macs), what="telling a result")
-        self._close(rid, "COMPLETE", FINISHED)
         return "trained_s"
 
     def _values(self, miou: float, params: int, macs: int) -> float | list[float]:
@@ -611,109 +568,7 @@ class StudyWorker:
 
     # -- the end -----------------------------------------------------------------------------------
     def finish(self, status: str = FINISHED) -> dict[str, Any]:
-        """Tag the front in MLflow, write and log the Pareto artifacts and ``<name>.json``, export
-        genotypes; return the summary."""
-        from nas.report import hypervolume, plot_fronts, write_front_csv
-
-        trials = self.study.get_trials(deepcopy=False)
-        led = self.ledger.get_trials(deepcopy=False)
-        c = count_slots(trials)
-        seed = self.train_cfg.seed
-        everything, front = study_front(trials, led, self.rung_names, self.n_sched, seed, self.confirm_index)
-        cands = candidates(trials, led, seed)
-        confirmed = any(p.seeds for p in front)
-        on_front = {p.trial: p for p in front}
-        ref = self.s.reference_point
-        hv = hypervolume(front, (ref["miou"], ref["params"], ref["conv_macs"])) if front else 0.0
-        out = Path(self.s.output_dir) / self.s.name
-        exported = export_front(trials, front, out / "pareto")
-        if self.tracker:
-            for t in trials:
-                rid = t.user_attrs.get("mlflow_run_id")
-                if rid and t.state == TrialState.COMPLETE:
-                    p = on_front.get(t.number)
-                    tags = {"on_pareto_front": p is not None}
-                    if p is not None:
-                        tags["front_rung"] = p.rung
-                        if p.miou_std is not None:
-                            tags["front_miou"] = f"{p.miou:.3f} +/- {p.miou_std:.3f} ({len(p.seeds)} seeds)"
-                    with contextlib.suppress(Exception):
-                        self.tracker.set_tags(rid, tags)
-        files: list[Path] = []
-        if front:
-            refs = [p for p in everything if trials[p.trial].user_attrs.get("reference")]
-            png, html = plot_fronts(
-                {self.s.name: front},
-                out / "pareto.png",
-                out / "pareto.html",
-                references=refs,
-                all_points={self.s.name: everything},
-                title=f"{self.s.name}: Pareto front ({self.s.scheduler}; "
-                + ("mean +/- std over seeds" if confirmed else f"seed {seed}") + ")",
-            )
-            files = [png, html, write_front_csv(front, out / "pareto.csv")]
-        per_rung = {n: sum(1 for cd in cands.values() if (k, seed) in cd.results)
-                    for k, n in enumerate(self.rung_names[: self.n_sched])}
-        summary = {
-            "study": self.s.name,
-            "scheduler": self.s.scheduler,
-            "rungs": self.rung_names[: self.n_sched],
-            "eta": self.s.eta if self.s.scheduler == "mo_asha" else None,
-            "seed": seed,
-            "n_complete": sum(1 for t in trials if t.state == TrialState.COMPLETE) - c["infeasible"],
-            "n_infeasible": c["infeasible"],
-            "n_failed": c["fail"] - c["retried"],
-            "n_pruned": c["pruned"],
-            "n_retried": c["retried"],
-            "trained_per_rung": per_rung,
-            "n_confirmations": sum(1 for t in led if t.state == TrialState.COMPLETE and t.user_attrs.get("kind")
-                                   == "confirm"),
-            "n_ledger_failed": sum(1 for t in led if t.state == TrialState.FAIL),
-            "pareto": [_point_json(p) for p in front],
-            "confirmed": confirmed,
-            "hypervolume": hv,
-            "reference_point": ref,
-            "stopped": self.stopped,
-            "infeasible_time_fraction": self.timing["infeasible_s"] / max(self.timing.get("wall_s", 0.0), 1e-9),
-            "timing_s": {k: round(v, 2) for k, v in self.timing.items()},
-            "fidelity": {n: cfg.fidelity() for n, cfg in zip(self.rung_names, self.rung_cfgs)},
-            "output_dir": str(out),
-        }
-        files.append(atomic_write_text(out / f"{self.s.name}.json", json.dumps(summary, indent=2, default=str) + "\n"))
-        if self.tracker and self.parent_run:
-            for p in files:
-                self.tracker.log_artifact(self.parent_run, p, "pareto")
-            for p in exported:
-                self.tracker.log_artifact(self.parent_run, p, "pareto/genotypes")
-            self.tracker.log_metrics(
-                self.parent_run,
-                {
-                    "hypervolume": hv,
-                    "front_size": len(front),
-                    "n_infeasible": c["infeasible"],
-                    "infeasible_time_fraction": summary["infeasible_time_fraction"],
-                },
-            )
-            self.tracker.log_dict(self.parent_run, summary, "summary.json")
-            self.tracker.end_run(self.parent_run, status)
-        return summary
-
-
-def _point_json(p: FrontPoint) -> dict[str, Any]:
-    d = {"trial": p.trial, "label": p.label, "miou": round(p.miou, 3), "params": p.params, "conv_macs": p.conv_macs,
-         "rung": p.rung}
-    if p.seeds:
-        d |= {"miou_std": round(p.miou_std, 3), "seeds": list(p.seeds), "miou_seeds": [round(v, 3) for v in
-                                                                                         p.miou_seeds],
-              "within_noise": p.within_noise}
-    return d
-
-
-def export_front(trials: Sequence[FrozenTrial], front: Sequence[FrontPoint], folder: Path) -> list[Path]:
-    """Write each Pareto-optimal genotype as YAML (``nas-train model=<file>`` accepts it)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for p in front:
-        g: Genotype = genotype_from_dict(json.loads(trials[p.trial].user_attrs["genotype"]))
-        paths.append(g.save(folder / f"trial{p.trial:04d}-{g.archid()}.yaml"))
-    return paths
+        """Write the study's results and return its summary (:func:`nas.study_results.write_study_results`)."""
+        return write_study_results(self.s, self.study, self.ledger, self.ladder, tracker=self.tracker,
+                                   parent_run=self.parent_run, timing=self.timing, stopped=self.stopped,
+                                   status=status)

@@ -6,6 +6,12 @@ with explicit ids (no fluent "active run" stack), so a study can hold a parent
 run per process and a nested child run per trial, and every run a crash left
 RUNNING can be found and closed as FAILED.
 
+Every training is tracked the same way, through :func:`training_run` (training, the study's
+trials, ablation cells, fidelity cells): the run starts with its tags, the training config
+(``train.*``), the genotype (``genotype.*`` and ``genotype.yaml``) and its costs; per-epoch
+metrics carry the keys of :func:`epoch_metrics`; an exception closes the run FAILED
+(Ctrl-C: KILLED) instead of leaving it RUNNING.
+
 Conventions: metrics are named ``val/miou``, ``train/loss``...; every child
 run carries the tags ``study``, ``trial``, ``state``, ``feasible``,
 ``on_pareto_front``; ablation cells carry ``ablation``, ``variant``, ``seed``.
@@ -25,7 +31,8 @@ import torch
 
 from nas._filelock import file_lock
 
-__all__ = ["Tracker", "default_tracking_uri", "RUNNING", "FINISHED", "FAILED", "KILLED"]
+__all__ = ["Tracker", "TrainingRun", "default_tracking_uri", "epoch_metrics", "result_metrics", "training_run",
+           "RUNNING", "FINISHED", "FAILED", "KILLED"]
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 _MAX_PARAM_LEN = 6000
@@ -165,3 +172,113 @@ class Tracker:
                 self.end_run(rid, status)
                 n += 1
         return n
+
+
+# -- one tracking path for every training ----------------------------------------------------
+
+
+def epoch_metrics(rec: Any) -> dict[str, float | None]:
+    """The per-epoch MLflow metrics of every training (a :class:`nas.train.EpochRecord`):
+    ``train/loss``, ``train/iou`` (x100), ``holdout/miou`` (x100), ``train/images_per_s``
+    (images/s), ``lr``, ``stage`` (1 or 2)."""
+    return {"train/loss": rec.train_loss, "train/iou": rec.train_iou, "holdout/miou": rec.holdout_miou,
+            "train/images_per_s": rec.images_per_s, "lr": rec.lr, "stage": rec.stage}
+
+
+def result_metrics(res: Any) -> dict[str, float | None]:
+    """The end-of-training MLflow metrics (a :class:`nas.train.TrainResult`): ``val/miou``
+    (foreground IoU per image, x100), ``val/miou_2class``, ``train/images_per_s_mean``."""
+    return {"val/miou": res.miou, "val/miou_2class": res.miou_2class,
+            "train/images_per_s_mean": getattr(res, "images_per_s", None)}
+
+
+class TrainingRun:
+    """One tracked run; every method is a no-op when tracking is off (``run_id`` None).
+
+    Attributes:
+        run_id: the MLflow run id, or None.
+        closed: True once :meth:`close` ran (the context of :func:`training_run` then leaves it).
+    """
+
+    def __init__(self, tracker: Tracker | None, run_id: str | None):
+        self.tracker, self.run_id, self.closed = tracker, run_id, False
+
+    def __bool__(self) -> bool:
+        return self.run_id is not None
+
+    def on_epoch(self, rec: Any) -> None:
+        """Log :func:`epoch_metrics` of ``rec`` at step ``rec.global_epoch`` (a trainer callback)."""
+        self.log_metrics(epoch_metrics(rec), step=rec.global_epoch)
+
+    def log_metrics(self, metrics: Mapping[str, float | None], step: int = 0) -> None:
+        if self.run_id:
+            self.tracker.log_metrics(self.run_id, metrics, step=step)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if self.run_id:
+            self.tracker.log_params(self.run_id, params)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.run_id:
+            self.tracker.set_tags(self.run_id, tags)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self.run_id:
+            self.tracker.log_text(self.run_id, text, artifact_file)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.run_id:
+            self.tracker.log_artifact(self.run_id, path, artifact_path)
+
+    def close(self, status: str = FINISHED, state: str | None = None) -> None:
+        """End the run as ``status`` (FINISHED, FAILED, KILLED), first tagging ``state`` (the
+        trial's Optuna state, e.g. ``COMPLETE``, ``PRUNED``, ``FAIL``) when given. Idempotent."""
+        if self.run_id and not self.closed:
+            if state is not None:
+                self.tracker.set_tags(self.run_id, {"state": state})
+            self.tracker.end_run(self.run_id, status)
+        self.closed = True
+
+
+@contextlib.contextmanager
+def training_run(tracker: Tracker | None, name: str, *, tags: Mapping[str, Any] | None = None,
+                 parent_run_id: str | None = None, train_cfg: Any = None, genotype: Any = None,
+                 costs: Mapping[str, float] | None = None, state_tags: bool = False) -> Iterator[TrainingRun]:
+    """Start a run, log what it is, yield a :class:`TrainingRun`, and close it whatever happens.
+
+    Args:
+        tracker: the experiment's tracker (None: tracking off, the run is a no-op).
+        name / tags / parent_run_id: the run's name, tags and parent (a study's worker run).
+        train_cfg: a :class:`nas.config.TrainConfig`, logged as ``train.<key>`` params.
+        genotype: logged as ``genotype.<key>`` params and ``genotype.yaml``.
+        costs: e.g. ``{"params": ..., "conv_macs": ...}``, logged as metrics at step 0.
+        state_tags: also keep a ``state`` tag (``RUNNING`` at the start, ``FAIL`` on an exception),
+            as the study's trial runs do.
+
+    The run ends FINISHED when the block ends normally (unless :meth:`TrainingRun.close` ran),
+    KILLED on Ctrl-C and FAILED on any other exception, which is re-raised.
+    """
+    if tracker is None:
+        yield TrainingRun(None, None)
+        return
+    all_tags = {**(tags or {}), **({"state": "RUNNING"} if state_tags else {})}
+    run = TrainingRun(tracker, tracker.start_run(name, tags=all_tags, parent_run_id=parent_run_id))
+    try:
+        if train_cfg is not None:
+            run.log_params({f"train.{k}": v for k, v in train_cfg.as_dict().items()})
+        if genotype is not None:
+            run.log_params({f"genotype.{k}": v for k, v in genotype.flat_params().items()})
+            run.log_text(genotype.to_yaml(), "genotype.yaml")
+        if costs:
+            run.log_metrics(costs)
+        yield run
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            run.close(KILLED, "FAIL" if state_tags else None)
+        raise
+    except BaseException:
+        with contextlib.suppress(Exception):
+            run.close(FAILED, "FAIL" if state_tags else None)
+        raise
+    else:
+        run.close(FINISHED, "COMPLETE" if state_tags else None)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -12,61 +10,15 @@ from nas.cli._hydra import hydra_app, print_json_line
 
 
 def run_training(cfg: DictConfig) -> dict:
-    """Train ``cfg.model`` with ``cfg.train`` on ``cfg.data``, tracked in MLflow; return the summary."""
-    from nas.checkpoint import save_checkpoint
+    """Compose the job from ``cfg`` and run :func:`nas.train_job.train_and_save`; return its summary."""
     from nas.config import train_settings_from
-    from nas.cost import cheap_cost
-    from nas.tracking import FAILED, Tracker
-    from nas.train import load_data, train_genotype
-    from search_spaces import create_model, get_genotype
+    from nas.tracking import Tracker
+    from nas.train_job import train_and_save
 
     tcfg = train_settings_from(cfg.train)
-    g = get_genotype(str(cfg.model), num_classes=tcfg.num_classes, input_size=tcfg.input_size)
-    cost = cheap_cost(create_model(g), tcfg.input_size)  # warns here, once, about a zero gate
-    out_dir = Path(cfg.output_dir)
-    ckpt = out_dir / f"{Path(str(cfg.model)).stem}-{g.archid()}-{time.strftime('%Y%m%d-%H%M%S')}.pt"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise OSError(f"output_dir={out_dir} is not writable: {exc.strerror or exc}") from None
-    data = load_data(cfg.data.root, tcfg, cache_dir=cfg.data.cache_dir, val_fraction=cfg.data.val_fraction,
-                     progress=tcfg.progress)
-    tracker = run_id = None
-    if cfg.tracking.enabled:
-        tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
-        tags = {"model": cfg.model, "archid": g.archid(), "recipe": tcfg.recipe, "selection": tcfg.selection,
-                "optimistic": str(tcfg.optimistic).lower()}
-        run_id = tracker.start_run(f"{cfg.model}-{g.archid()}", tags=tags)
-        tracker.log_params(run_id, {f"train.{k}": v for k, v in tcfg.as_dict().items()})
-        tracker.log_params(run_id, {f"genotype.{k}": v for k, v in g.flat_params().items()})
-        tracker.log_metrics(run_id, {"params": cost.params, "conv_macs": cost.conv_macs})
-        tracker.log_text(run_id, g.to_yaml(), "genotype.yaml")
-
-    def on_epoch(rec) -> None:
-        if tracker:
-            tracker.log_metrics(run_id, {"train/loss": rec.train_loss, "train/iou": rec.train_iou,
-                                         "holdout/miou": rec.holdout_miou, "train/images_per_s": rec.images_per_s,
-                                         "lr": rec.lr, "stage": rec.stage}, step=rec.global_epoch)
-
-    try:
-        res = train_genotype(g, tcfg, data, on_epoch=on_epoch)
-    except BaseException:  # a non-finite loss, Ctrl-C, ...: the run is closed, not left RUNNING
-        if tracker:
-            tracker.end_run(run_id, FAILED)
-        raise
-    summary = res.summary()
-    save_checkpoint(ckpt, g, res.best_state, train=tcfg.as_dict(), metrics=summary)
-    if tracker:
-        tracker.log_metrics(run_id, {"val/miou": res.miou, "val/miou_2class": res.miou_2class,
-                                     "train/images_per_s_mean": res.images_per_s}, step=tcfg.epochs)
-        tracker.log_artifact(run_id, ckpt)
-        tracker.end_run(run_id)
-    summary.update(params=cost.params, conv_macs=cost.conv_macs, checkpoint=str(ckpt), mlflow_run_id=run_id,
-                   recipe=tcfg.recipe, init=tcfg.init)
-    return summary
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment) if cfg.tracking.enabled else None
+    return train_and_save(str(cfg.model), tcfg, data_root=cfg.data.root, cache_dir=cfg.data.cache_dir,
+                          val_fraction=cfg.data.val_fraction, output_dir=cfg.output_dir, tracker=tracker)
 
 
 def choose_recipe(args: list[str]) -> list[str]:
