@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
 
+from nas.objectives import BUDGET_KEYS, default_reference_point
+
 __all__ = ["AugmentConfig", "MODES", "SCHEDULERS", "SELECTIONS", "SearchSettings", "TrainConfig", "merge_layers",
            "register_configs", "study_settings_from", "train_settings_from"]
 
@@ -247,7 +249,6 @@ class TrainConfig:
 
 
 MODES = ("pareto", "constrained")
-OBJECTIVES = ("miou", "params", "conv_macs")
 
 
 SCHEDULERS = ("none", "mo_asha")
@@ -303,9 +304,7 @@ class SearchSettings:
     extra_costs: bool = True
     latency_threads: int = 1
     output_dir: str = "runs/search"
-    reference_point: dict[str, float] = field(
-        default_factory=lambda: {"miou": 50.0, "params": 200_000, "conv_macs": 300_000_000}
-    )
+    reference_point: dict[str, float] = field(default_factory=default_reference_point)
     scheduler: str = "none"
     rungs: tuple[str, ...] = ("search_half", "search")
     eta: int = 3
@@ -326,9 +325,9 @@ class SearchSettings:
             raise ValueError(f"study.mode={self.mode!r}; allowed: {', '.join(MODES)}")
         if not isinstance(self.n_trials, int) or self.n_trials < 1:
             raise ValueError(f"study.n_trials={self.n_trials!r}; allowed: an integer >= 1")
-        bad = sorted(set(self.budgets) - {"params", "conv_macs"})
+        bad = sorted(set(self.budgets) - set(BUDGET_KEYS))
         if bad:
-            raise ValueError(f"study.budgets has unknown key(s) {bad}; allowed: params, conv_macs")
+            raise ValueError(f"study.budgets has unknown key(s) {bad}; allowed: {', '.join(BUDGET_KEYS)}")
         if self.mode == "constrained" and not any(v is not None for v in self.budgets.values()):
             raise ValueError("study.mode=constrained needs study.budgets.params and/or study.budgets.conv_macs")
         scheme = self.storage.split(":", 1)[0]

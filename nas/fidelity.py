@@ -40,6 +40,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from nas.cost import genotype_cost
+from nas.objectives import BUDGET_KEYS
 from nas.rungs import load_rung, rung_config
 from nas.storage import Heartbeat as _Heartbeat
 from nas.storage import check_storage, engine_url, slot_lock
@@ -139,9 +140,9 @@ class FidelitySettings:
             raise ValueError(f"fidelity.proxies has unknown name(s) {bad}; known: {sorted(PROXIES)}")
         if self.proxies and self.proxy_batch < 2:
             raise ValueError(f"fidelity.proxy_batch={self.proxy_batch}; allowed: >= 2 (ZiCo needs two sub-batches)")
-        bad = sorted(set(self.budgets) - {"params", "conv_macs"})
+        bad = sorted(set(self.budgets) - set(BUDGET_KEYS))
         if bad:
-            raise ValueError(f"fidelity.budgets has unknown key(s) {bad}; allowed: params, conv_macs")
+            raise ValueError(f"fidelity.budgets has unknown key(s) {bad}; allowed: {', '.join(BUDGET_KEYS)}")
         self.rungs, self.seeds, self.proxies = tuple(self.rungs), tuple(int(s) for s in self.seeds), tuple(self.proxies)
         self.include = tuple(self.include)
         self.proxy_input_size = (int(self.proxy_input_size[0]), int(self.proxy_input_size[1]))

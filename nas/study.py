@@ -46,6 +46,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nas.config import MODES, SearchSettings
 from nas.cost import count_fvcore, genotype_cost, measure_latency
 from nas.moasha import next_confirmation, schedule_promotion
+from nas.objectives import directions, objective_names
 from nas.points import candidates, front_of, ledger_name, rung_front, trained_points
 from nas.rungs import build_ladder
 from nas.storage import (
@@ -81,9 +82,6 @@ log = logging.getLogger(__name__)
 # We drive heartbeats and stale-trial checks ourselves around an ask/tell loop.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-OBJECTIVES = ("miou", "params", "conv_macs")
-
-
 # -- storage and locking ------------------------------------------------------------------------
 
 
@@ -104,7 +102,7 @@ def open_study(
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     else:
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}
-    directions = ["maximize", "minimize", "minimize"] if s.mode == "pareto" else ["maximize"]
+    dirs = directions(s.mode)
     # Workers started together on a new database would race to create its tables ("table already exists")
     with slot_lock(s.storage, "portrait-nas/create-tables"):
         storage = RDBStorage(
@@ -119,17 +117,17 @@ def open_study(
             storage=storage,
             sampler=sampler,
             pruner=pruner if s.mode == "constrained" else None,
-            directions=directions,
+            directions=dirs,
             load_if_exists=True,
         )
         ledger = optuna.create_study(study_name=ledger_name(s.name), storage=storage, direction="maximize",
                                      sampler=optuna.samplers.RandomSampler(seed=s.seed), load_if_exists=True)
-    if [d.name.lower() for d in study.directions] != [d + "" for d in directions]:
+    if [d.name.lower() for d in study.directions] != dirs:
         raise ValueError(
             f"study {s.name!r} exists with {len(study.directions)} objective(s); "
-            f"study.mode={s.mode} needs {len(directions)}: use another study.name"
+            f"study.mode={s.mode} needs {len(dirs)}: use another study.name"
         )
-    study.set_metric_names(list(OBJECTIVES) if s.mode == "pareto" else ["miou"])
+    study.set_metric_names(objective_names(s.mode))
     return study, storage, ledger
 
 

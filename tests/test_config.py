@@ -118,6 +118,16 @@ def test_defaults_are_written_once() -> None:
         TrainConfig(epochs=600, input_size=(224, 224), train_fraction=1.0)
 
 
+def test_the_objectives_table_is_the_one_source_of_directions_budgets_and_reference() -> None:
+    from nas.objectives import BUDGET_KEYS, default_reference_point, directions
+
+    assert directions("pareto") == ["maximize", "minimize", "minimize"] and directions("constrained") == ["maximize"]
+    assert SearchSettings(name="x").reference_point == default_reference_point()
+    assert compose("pareto", REQUIRED["pareto"]).reference_point is None  # nas-pareto falls back to the table
+    with pytest.raises(ValueError, match=f"allowed: {', '.join(BUDGET_KEYS)}"):
+        SearchSettings(name="x", budgets={"latency": 3})
+
+
 def test_cli_config_error_is_one_line_and_status_2(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "nas.cli.search", "train.augment.colr=1"], capture_output=True,
                          text=True, cwd=tmp_path, timeout=120)

@@ -1,0 +1,62 @@
+"""The objectives table: each objective of a search with its direction, counter, unit,
+hypervolume reference value and whether it can be a hard budget.
+
+One table, read by the study (Optuna directions and metric names), the budgets check
+(:class:`nas.config.SearchSettings`, the fidelity study), the hypervolume reference point
+(:func:`default_reference_point`, used by ``nas-search`` and ``nas-pareto``) and the reports.
+No torch import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["BUDGET_KEYS", "OBJECTIVES", "Objective", "default_reference_point", "directions", "objective_names"]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective.
+
+    Attributes:
+        name: the key in results, budgets and reference points.
+        direction: ``maximize`` or ``minimize`` (Optuna's words).
+        counter: what measures it (every count names its counter).
+        unit: the unit of its values.
+        reference: the default hypervolume reference value (worse than any point of interest).
+        budget: whether ``study.budgets.<name>`` may bound it before training.
+    """
+
+    name: str
+    direction: str
+    counter: str
+    unit: str
+    reference: float
+    budget: bool
+
+
+OBJECTIVES: tuple[Objective, ...] = (
+    Objective("miou", "maximize", "foreground IoU per image averaged over the validation list (nas.metrics)",
+              "% (x100)", 50.0, budget=False),
+    Objective("params", "minimize", "trainable parameters (nas.cost.genotype_cost)", "parameters", 200_000,
+              budget=True),
+    Objective("conv_macs", "minimize", "convolution MACs at cost_input_size, the papers' 'FLOPs': per nn.Conv2d, "
+              "outputs x C_in/groups x kH x kW (nas.cost.genotype_cost)", "MACs", 300_000_000, budget=True),
+)
+BUDGET_KEYS: tuple[str, ...] = tuple(o.name for o in OBJECTIVES if o.budget)
+
+
+def objective_names(mode: str = "pareto") -> list[str]:
+    """The study's objective names: all of them for ``pareto``, ``["miou"]`` for ``constrained``."""
+    return [o.name for o in OBJECTIVES] if mode == "pareto" else [OBJECTIVES[0].name]
+
+
+def directions(mode: str = "pareto") -> list[str]:
+    """Optuna directions of :func:`objective_names` (``mode``)."""
+    by_name = {o.name: o.direction for o in OBJECTIVES}
+    return [by_name[n] for n in objective_names(mode)]
+
+
+def default_reference_point() -> dict[str, float]:
+    """``{name: reference}`` of every objective (the hypervolume reference of ``nas-search`` and ``nas-pareto``)."""
+    return {o.name: o.reference for o in OBJECTIVES}
