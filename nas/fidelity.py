@@ -44,7 +44,7 @@ from nas.objectives import BUDGET_KEYS
 from nas.rungs import load_rung, rung_config
 from nas.storage import Heartbeat as _Heartbeat
 from nas.storage import check_storage, engine_url, slot_lock
-from nas.tracking import FAILED, FINISHED, Tracker, TrainingRun, training_run
+from nas.tracking import FINISHED, Tracker, TrainingRun, close_runs_of_failed_trials, training_run
 from nas.train import DataBundle, TrainConfig, load_data, train_genotype
 from search_spaces import Genotype, create_model, get_genotype
 from search_spaces.spaces import SearchSpace
@@ -346,18 +346,9 @@ class FidelityWorker:
         return n
 
     def _close_orphan_runs(self) -> int:
-        """Close (FAILED) the MLflow runs of cells whose trial failed while its run stayed RUNNING
-        (a worker killed mid-cell: its trial is failed as stale and re-queued, its run is closed here)."""
-        if not self.tracker:
-            return 0
-        n = 0
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            rid = t.user_attrs.get("mlflow_run_id")
-            if rid and rid not in self._closed:
-                with contextlib.suppress(Exception):
-                    n += self.tracker.close_stale_runs([rid], FAILED)
-                self._closed.add(rid)
-        return n
+        """Close (FAILED) the MLflow runs of cells whose trial failed while its run stayed RUNNING."""
+        return close_runs_of_failed_trials(self.tracker, self.study.get_trials(deepcopy=False,
+                                           states=(TrialState.FAIL,)), self._closed)
 
     def _next(self) -> optuna.Trial | None:
         wait = object()

@@ -36,7 +36,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -45,10 +45,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.config import MODES, SearchSettings
 from nas.cost import count_fvcore, genotype_cost, measure_latency
-from nas.moasha import next_confirmation, schedule_promotion
 from nas.objectives import directions, objective_names
-from nas.points import candidates, front_of, ledger_name, rung_front, trained_points
+from nas.points import front_of, ledger_name, trained_points
 from nas.rungs import build_ladder
+from nas.scheduler import Job, Scheduler
 from nas.storage import (
     Heartbeat,
     check_storage,
@@ -60,7 +60,15 @@ from nas.storage import (
     slot_lock,
 )
 from nas.study_results import write_study_results
-from nas.tracking import FAILED, FINISHED, KILLED, Tracker, TrainingRun, result_metrics, training_run
+from nas.tracking import (
+    FINISHED,
+    KILLED,
+    Tracker,
+    TrainingRun,
+    close_runs_of_failed_trials,
+    result_metrics,
+    training_run,
+)
 from nas.train import DataBundle, TrainConfig, train_genotype
 from search_spaces import Genotype, create_model, genotype_from_dict, get_genotype
 from search_spaces.spaces import SearchSpace
@@ -134,24 +142,6 @@ def open_study(
 # -- the worker ---------------------------------------------------------------------------------
 
 
-_JOB_KEYS = ("candidate", "rung", "seed", "kind")  # user attributes that make a ledger trial a job
-
-
-@dataclass
-class Job:
-    """One training to run: a new candidate (a main-study trial, trained at rung 0) or a
-    promotion / confirmation of candidate ``candidate`` (a ledger trial) at ``rung`` and ``seed``."""
-
-    kind: str  # "new" | "promotion" | "confirm"
-    trial: optuna.Trial
-    candidate: int | None = None
-    rung: int = 0
-    seed: int = 0
-
-
-_WAIT = object()
-
-
 class StudyWorker:
     """One ``nas-search`` process: asks, checks budgets, trains, promotes, confirms, tells, tracks.
 
@@ -194,13 +184,14 @@ class StudyWorker:
         self.train_fn, self.load_data_fn = train_fn, load_data_fn  # None: nas.study.train_genotype at call time
         self.parent_run: str | None = None
         self._closed: set[str] = set()
-        self.stopped: str | None = None
         self.timing = {"infeasible_s": 0.0, "trained_s": 0.0, "failed_s": 0.0}
         self.ladder = build_ladder(train_cfg, list(settings.rungs) if settings.scheduler == "mo_asha"
                                    else [fidelity_name], settings.confirm_rung, seed=train_cfg.seed,
                                    base_is_rung0=settings.scheduler != "mo_asha")
         self.rung_names, self.rung_cfgs = self.ladder.names, self.ladder.cfgs
         self.n_sched, self.confirm_index = self.ladder.n_sched, self.ladder.confirm_index
+        self.scheduler = Scheduler(settings, self.study, self.ledger, self.storage, self.ladder, space,
+                                   on_trials=self._close_orphan_runs)
         self._data: dict[str, DataBundle] = {}
         if data is not None:
             self._data[self._data_key(train_cfg)] = data
@@ -218,6 +209,11 @@ class StudyWorker:
         # how to rebuild the front from storage (nas-pareto, nas.points.stored_front)
         self._db(self.study.set_user_attr, "schedule", {"rung_names": self.rung_names, "n_sched": self.n_sched,
                                                         "seed": train_cfg.seed, "confirm_index": self.confirm_index})
+
+    @property
+    def stopped(self) -> str | None:
+        """Why the study stopped early (time or infeasibility budget), or None."""
+        return self.scheduler.stopped
 
     def _db(self, fn: Callable[..., Any], *args: Any, what: str = "", **kwargs: Any) -> Any:
         """A storage call, retried while the storage is unreachable (``study.storage_retry_s``)."""
@@ -267,107 +263,7 @@ class StudyWorker:
 
     def _close_orphan_runs(self, trials: Sequence[FrozenTrial]) -> int:
         """Close MLflow runs of trials that ended FAIL while their run stayed RUNNING."""
-        if not self.tracker:
-            return 0
-        n = 0
-        for t in trials:
-            rid = t.user_attrs.get("mlflow_run_id")
-            if t.state == TrialState.FAIL and rid and rid not in self._closed:
-                with contextlib.suppress(Exception):  # a run in another store, or deleted: nothing to close
-                    if self.tracker.close_stale_runs([rid], FAILED):
-                        self.tracker.set_tags(rid, {"state": "FAIL"})
-                        n += 1
-                self._closed.add(rid)
-        return n
-
-    # -- the schedule ------------------------------------------------------------------------------
-    def _time_up(self) -> bool:
-        if self.s.time_budget_s is None:
-            return False
-        started = self.study.user_attrs.get("started_at", time.time())
-        return time.time() - float(started) > self.s.time_budget_s
-
-    def _ask_main(self) -> Job:
-        trial = self.study.ask()
-        # beat at once: a worker killed before its heartbeat thread's first beat would leave a
-        # RUNNING trial without heartbeat, which Optuna never finds stale (the study never ends)
-        self.storage.record_heartbeat(trial._trial_id)
-        return Job("new", trial, rung=0, seed=self.train_cfg.seed)
-
-    def _ask_ledger(self, candidate: int | None = None, rung: int = 0, seed: int = 0, kind: str = "") -> Job | object:
-        trial = self.ledger.ask()  # a WAITING retry of an interrupted training comes first
-        self.storage.record_heartbeat(trial._trial_id)
-        a = trial.user_attrs
-        if all(a.get(k) is not None for k in _JOB_KEYS):
-            return Job(a["kind"], trial, int(a["candidate"]), int(a["rung"]), int(a["seed"]))
-        if candidate is None:  # the retry of a ledger trial created when the storage went away, never assigned
-            self.ledger.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            return _WAIT  # decide again
-        for k, v in (("candidate", candidate), ("rung", rung), ("rung_name", self.rung_names[rung]), ("seed", seed),
-                     ("kind", kind)):
-            trial.set_user_attr(k, v)
-        return Job(kind, trial, candidate, rung, seed)
-
-    def _rung_of(self, cands: dict[int, Any], n: int) -> int:
-        return self.confirm_index if self.confirm_index is not None else cands[n].top_rung(self.train_cfg.seed)
-
-    def _decide(self, trials: Sequence[FrozenTrial], led: Sequence[FrozenTrial]) -> Job | object | None:
-        """The next job (called under the slot lock), ``_WAIT`` or None (the study is done)."""
-        c = count_slots(trials)
-        if c["waiting"]:
-            return self._ask_main()
-        if any(t.state == TrialState.WAITING for t in led):
-            return self._ask_ledger()
-        seed, s = self.train_cfg.seed, self.s
-        cands = candidates(trials, led, seed)
-        time_up = self._time_up()
-        if time_up and self.stopped is None:
-            self.stopped = f"study.time_budget_s={s.time_budget_s:g} s reached"
-        if s.scheduler == "mo_asha" and not time_up:
-            prom = schedule_promotion(cands, self.n_sched, seed, s.eta, s.max_retry)
-            if prom is not None:
-                return self._ask_ledger(prom[0], prom[1], seed, "promotion")
-        if not time_up and c["slots"] < s.n_trials:
-            if c["infeasible"] < s.max_infeasible:
-                return self._ask_main()
-            self.stopped = (f"study.max_infeasible={s.max_infeasible} over-budget proposals reached with "
-                            f"{c['slots']} of {s.n_trials} candidates trained: loosen study.budgets, narrow the "
-                            "space, or raise study.max_infeasible")
-        running = [t for t in led if t.state == TrialState.RUNNING]
-        if c["running"] or any(t.user_attrs.get("kind") == "promotion" for t in running):
-            return _WAIT  # their results may still change the schedule or the front
-        if s.confirm_seeds:
-            _, front = rung_front(trials, led, self.rung_names[: self.n_sched], seed)
-            members = [p.trial for p in front]
-            rung_of = {n: self._rung_of(cands, n) for n in members}
-            seeds = [seed + i for i in range(1, s.confirm_seeds + 1)]
-            nxt = next_confirmation(members, cands, rung_of, seeds, s.max_retry)
-            if nxt is not None:
-                return self._ask_ledger(nxt[0], nxt[1], nxt[2], "confirm")
-        return _WAIT if running else None
-
-    def _next_job_once(self) -> Job | object | None:
-        optuna.storages.fail_stale_trials(self.study)  # a killed worker's trial: FAIL, and its retry queued
-        optuna.storages.fail_stale_trials(self.ledger)
-        with slot_lock(self.s.storage, self.s.name):
-            trials = self.study.get_trials(deepcopy=False)
-            if not trials:
-                for name in self.s.enqueue:
-                    g = get_genotype(name, num_classes=self.space.num_classes, input_size=self.space.input_size)
-                    self.study.enqueue_trial(self.space.params_for(g), user_attrs={"reference": name})
-                trials = self.study.get_trials(deepcopy=False)
-            led = self.ledger.get_trials(deepcopy=False)
-            job = self._decide(trials, led)
-        self._close_orphan_runs([*trials, *led])  # the MLflow runs of trials failed above (or by another worker)
-        return job
-
-    def _next_job(self) -> Job | None:
-        """The next job under the slot lock, retried through storage outages; None when the study is done."""
-        while True:
-            job = self._db(self._next_job_once, what="scheduling")
-            if job is not _WAIT:
-                return job
-            time.sleep(min(self.s.heartbeat_interval, 5))  # other workers' (or stale) trainings still running
+        return close_runs_of_failed_trials(self.tracker, trials, self._closed, tag_state=True)
 
     def run(self) -> dict[str, Any]:
         """Work until the study is done; return the summary (the JSON line of ``nas-search``)."""
@@ -380,7 +276,7 @@ class StudyWorker:
         status = FINISHED
         bar = tqdm(total=self.s.n_trials, desc=f"study {self.s.name}", disable=not self.progress, dynamic_ncols=True)
         try:
-            while (job := self._next_job()) is not None:
+            while (job := self.scheduler.next_job()) is not None:
                 if job.kind == "new":
                     self._run_trial(job.trial)
                 else:

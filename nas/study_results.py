@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas._atomic import atomic_write_text
 from nas.config import SearchSettings
+from nas.objectives import objective_names
 from nas.points import candidates, study_front
 from nas.report import FrontPoint
 from nas.rungs import RungLadder
@@ -27,7 +28,7 @@ from nas.storage import count_slots
 from nas.tracking import FINISHED, Tracker
 from search_spaces import Genotype, genotype_from_dict
 
-__all__ = ["export_front", "point_json", "write_study_results"]
+__all__ = ["export_front", "point_json", "study_summary", "write_study_results"]
 
 
 def write_study_results(s: SearchSettings, study: optuna.Study, ledger: optuna.Study, ladder: RungLadder, *,
@@ -39,49 +40,74 @@ def write_study_results(s: SearchSettings, study: optuna.Study, ledger: optuna.S
 
     ``timing`` holds seconds per bucket (``infeasible_s``, ``trained_s``, ``failed_s``, ``wall_s``).
     """
-    timing = timing or {}
-    from nas.report import hypervolume, plot_fronts, write_front_csv
+    from nas.report import hypervolume
 
     trials = study.get_trials(deepcopy=False)
     led = ledger.get_trials(deepcopy=False)
-    c = count_slots(trials)
-    seed = ladder.seed
-    everything, front = study_front(trials, led, ladder.names, ladder.n_sched, seed, ladder.confirm_index)
-    cands = candidates(trials, led, seed)
-    confirmed = any(p.seeds for p in front)
-    on_front = {p.trial: p for p in front}
+    everything, front = study_front(trials, led, ladder.names, ladder.n_sched, ladder.seed, ladder.confirm_index)
     ref = s.reference_point
-    hv = hypervolume(front, (ref["miou"], ref["params"], ref["conv_macs"])) if front else 0.0
+    hv = hypervolume(front, tuple(ref[n] for n in objective_names())) if front else 0.0
     out = Path(s.output_dir) / s.name
     exported = export_front(trials, front, out / "pareto")
     if tracker:
-        for t in trials:
-            rid = t.user_attrs.get("mlflow_run_id")
-            if rid and t.state == TrialState.COMPLETE:
-                p = on_front.get(t.number)
-                tags = {"on_pareto_front": p is not None}
-                if p is not None:
-                    tags["front_rung"] = p.rung
-                    if p.miou_std is not None:
-                        tags["front_miou"] = f"{p.miou:.3f} +/- {p.miou_std:.3f} ({len(p.seeds)} seeds)"
-                with contextlib.suppress(Exception):
-                    tracker.set_tags(rid, tags)
-    files: list[Path] = []
-    if front:
-        refs = [p for p in everything if trials[p.trial].user_attrs.get("reference")]
-        png, html = plot_fronts(
-            {s.name: front},
-            out / "pareto.png",
-            out / "pareto.html",
-            references=refs,
-            all_points={s.name: everything},
-            title=f"{s.name}: Pareto front ({s.scheduler}; "
-            + ("mean +/- std over seeds" if confirmed else f"seed {seed}") + ")",
-        )
-        files = [png, html, write_front_csv(front, out / "pareto.csv")]
+        _tag_front_runs(tracker, trials, front)
+    files = _plot_front(s, trials, everything, front, out, ladder.seed) if front else []
+    summary = study_summary(s, trials, led, ladder, front, hv, timing or {}, stopped, out)
+    files.append(atomic_write_text(out / f"{s.name}.json", json.dumps(summary, indent=2, default=str) + "\n"))
+    if tracker and parent_run:
+        for p in files:
+            tracker.log_artifact(parent_run, p, "pareto")
+        for p in exported:
+            tracker.log_artifact(parent_run, p, "pareto/genotypes")
+        tracker.log_metrics(parent_run, {"hypervolume": hv, "front_size": len(front),
+                                         "n_infeasible": summary["n_infeasible"],
+                                         "infeasible_time_fraction": summary["infeasible_time_fraction"]})
+        tracker.log_dict(parent_run, summary, "summary.json")
+        tracker.end_run(parent_run, status)
+    return summary
+
+
+def _tag_front_runs(tracker: Tracker, trials: Sequence[FrozenTrial], front: Sequence[FrontPoint]) -> None:
+    """Tag every trained candidate's run ``on_pareto_front`` (members: ``front_rung``, ``front_miou``)."""
+    on_front = {p.trial: p for p in front}
+    for t in trials:
+        rid = t.user_attrs.get("mlflow_run_id")
+        if rid and t.state == TrialState.COMPLETE:
+            p = on_front.get(t.number)
+            tags: dict[str, Any] = {"on_pareto_front": p is not None}
+            if p is not None:
+                tags["front_rung"] = p.rung
+                if p.miou_std is not None:
+                    tags["front_miou"] = f"{p.miou:.3f} +/- {p.miou_std:.3f} ({len(p.seeds)} seeds)"
+            with contextlib.suppress(Exception):
+                tracker.set_tags(rid, tags)
+
+
+def _plot_front(s: SearchSettings, trials: Sequence[FrozenTrial], everything: Sequence[FrontPoint],
+                front: Sequence[FrontPoint], out: Path, seed: int) -> list[Path]:
+    """``pareto.png``, ``pareto.html`` (the front over every trained point, references marked) and ``pareto.csv``."""
+    from nas.report import plot_fronts, write_front_csv
+
+    confirmed = any(p.seeds for p in front)
+    refs = [p for p in everything if trials[p.trial].user_attrs.get("reference")]
+    png, html = plot_fronts({s.name: front}, out / "pareto.png", out / "pareto.html", references=refs,
+                            all_points={s.name: everything},
+                            title=f"{s.name}: Pareto front ({s.scheduler}; "
+                            + ("mean +/- std over seeds" if confirmed else f"seed {seed}") + ")")
+    return [png, html, write_front_csv(front, out / "pareto.csv")]
+
+
+def study_summary(s: SearchSettings, trials: Sequence[FrozenTrial], led: Sequence[FrozenTrial], ladder: RungLadder,
+                  front: Sequence[FrontPoint], hv: float, timing: dict[str, float], stopped: str | None,
+                  out: Path) -> dict[str, Any]:
+    """The study's summary: counts (trained, over budget, failed, per rung, confirmations), the
+    front (:func:`point_json`), its hypervolume and reference, why it stopped, timing (s) and fidelity."""
+    c = count_slots(trials)
+    seed = ladder.seed
+    cands = candidates(trials, led, seed)
     per_rung = {n: sum(1 for cd in cands.values() if (k, seed) in cd.results)
                 for k, n in enumerate(ladder.names[: ladder.n_sched])}
-    summary = {
+    return {
         "study": s.name,
         "scheduler": s.scheduler,
         "rungs": ladder.names[: ladder.n_sched],
@@ -97,35 +123,15 @@ def write_study_results(s: SearchSettings, study: optuna.Study, ledger: optuna.S
                                == "confirm"),
         "n_ledger_failed": sum(1 for t in led if t.state == TrialState.FAIL),
         "pareto": [point_json(p) for p in front],
-        "confirmed": confirmed,
+        "confirmed": any(p.seeds for p in front),
         "hypervolume": hv,
-        "reference_point": ref,
+        "reference_point": s.reference_point,
         "stopped": stopped,
-        "infeasible_time_fraction": timing["infeasible_s"] / max(timing.get("wall_s", 0.0), 1e-9),
+        "infeasible_time_fraction": timing.get("infeasible_s", 0.0) / max(timing.get("wall_s", 0.0), 1e-9),
         "timing_s": {k: round(v, 2) for k, v in timing.items()},
         "fidelity": {n: cfg.fidelity() for n, cfg in zip(ladder.names, ladder.cfgs)},
         "output_dir": str(out),
     }
-    files.append(atomic_write_text(out / f"{s.name}.json", json.dumps(summary, indent=2, default=str) + "\n"))
-    if tracker and parent_run:
-        for p in files:
-            tracker.log_artifact(parent_run, p, "pareto")
-        for p in exported:
-            tracker.log_artifact(parent_run, p, "pareto/genotypes")
-        tracker.log_metrics(
-            parent_run,
-            {
-                "hypervolume": hv,
-                "front_size": len(front),
-                "n_infeasible": c["infeasible"],
-                "infeasible_time_fraction": summary["infeasible_time_fraction"],
-            },
-        )
-        tracker.log_dict(parent_run, summary, "summary.json")
-        tracker.end_run(parent_run, status)
-    return summary
-
-
 
 
 def point_json(p: FrontPoint) -> dict[str, Any]:

@@ -31,8 +31,8 @@ import torch
 
 from nas._filelock import file_lock
 
-__all__ = ["Tracker", "TrainingRun", "default_tracking_uri", "epoch_metrics", "result_metrics", "training_run",
-           "RUNNING", "FINISHED", "FAILED", "KILLED"]
+__all__ = ["Tracker", "TrainingRun", "close_runs_of_failed_trials", "default_tracking_uri", "epoch_metrics",
+           "result_metrics", "training_run", "RUNNING", "FINISHED", "FAILED", "KILLED"]
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 _MAX_PARAM_LEN = 6000
@@ -172,6 +172,27 @@ class Tracker:
                 self.end_run(rid, status)
                 n += 1
         return n
+
+
+def close_runs_of_failed_trials(tracker: Tracker | None, trials: Iterable[Any], seen: set[str],
+                                tag_state: bool = False) -> int:
+    """Close (FAILED) the MLflow runs (user attribute ``mlflow_run_id``) of Optuna trials that ended
+    FAIL while their run stayed RUNNING -- a worker killed mid-training: its trial is failed as
+    stale and retried by Optuna, its run is closed here. ``seen`` (run ids already handled) is
+    updated; ``tag_state`` also tags the run ``state=FAIL``. Returns how many were closed."""
+    if tracker is None:
+        return 0
+    n = 0
+    for t in trials:
+        rid = t.user_attrs.get("mlflow_run_id")
+        if t.state.name == "FAIL" and rid and rid not in seen:
+            with contextlib.suppress(Exception):  # a run in another store, or deleted: nothing to close
+                if tracker.close_stale_runs([rid], FAILED):
+                    n += 1
+                    if tag_state:
+                        tracker.set_tags(rid, {"state": "FAIL"})
+            seen.add(rid)
+    return n
 
 
 # -- one tracking path for every training ----------------------------------------------------
