@@ -44,10 +44,10 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
+from nas.config import merge_layers
 from nas.cost import genotype_cost
 from nas.moasha import welch_interval as delta_interval
 from nas.report import write_table
-from nas.rungs import apply_overrides
 from nas.train import DataBundle, TrainConfig, load_data, train_genotype
 from search_spaces import Genotype, genotype_from_dict, get_genotype
 
@@ -244,7 +244,7 @@ def apply_edits(data: dict[str, Any], edits: Sequence[dict[str, Any]], where: st
 
 def variant_train_config(base: TrainConfig, exp: Experiment, v: Variant, fidelity: dict | None = None) -> TrainConfig:
     """``base`` <- experiment base.train <- variant.train <- fidelity overrides (non-null only)."""
-    return apply_overrides(base, exp.train, v.train, fidelity)
+    return merge_layers(base, exp.train, v.train, fidelity)
 
 
 def variant_genotype(exp: Experiment, v: Variant, tcfg: TrainConfig) -> Genotype:

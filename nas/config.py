@@ -421,13 +421,11 @@ def _writable(obj: Any) -> DictConfig:
     type checks, stay."""
     node = OmegaConf.structured(obj)
 
-    def clear(n: Any) -> None:
-        n._set_flag("readonly", None)
-        if isinstance(n, DictConfig):
-            for k in n.keys():
-                child = n._get_node(k)
-                if isinstance(child, DictConfig):
-                    clear(child)
+    def clear(n: DictConfig) -> None:
+        OmegaConf.set_readonly(n, None)  # None: inherit, not read-only
+        for k in n:
+            if not OmegaConf.is_missing(n, k) and OmegaConf.is_dict(n[k]):
+                clear(n[k])
 
     clear(node)
     return node

@@ -9,6 +9,7 @@ from typing import Any
 
 import optuna
 
+from nas.objectives import default_reference_point
 from nas.points import ledger_name, stored_front
 from nas.report import hypervolume_table, plot_fronts, write_front_csv, write_table
 from nas.storage import engine_url
@@ -29,12 +30,13 @@ def _figure_fidelity(attrs: dict[str, Any], confirmed: bool) -> str | None:
     return json.dumps(parsed, sort_keys=True)
 
 
-def compare_studies(names: Sequence[str], storage: str, reference: dict[str, float], output_dir: str,
+def compare_studies(names: Sequence[str], storage: str, reference: dict[str, float] | None, output_dir: str,
                     name: str | None = None, tracking: tuple[str, str] | None = None) -> dict[str, Any]:
     """Overlay the fronts of ``names``, tabulate their hypervolumes, write and log the results.
 
     The hand-designed networks enqueued as references (``study.enqueue``) are
-    drawn when every compared study trained them at the same fidelity.
+    drawn when every compared study trained them at the same fidelity. ``reference``: the
+    hypervolume reference point; missing keys (or None) take :func:`nas.objectives.default_reference_point`.
 
     Returns:
         ``{"studies", "table", "files", "fidelities", "references"}``.
@@ -43,6 +45,7 @@ def compare_studies(names: Sequence[str], storage: str, reference: dict[str, flo
         KeyError: a study name not in ``storage`` (the message lists those that are).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    reference = default_reference_point() | dict(reference or {})  # unset keys: nas.objectives' reference
     storage = engine_url(storage)
     known = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     missing = [n for n in names if n not in known]

@@ -18,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
-__all__ = ["RungLadder", "apply_overrides", "build_ladder", "load_rung", "rung_config", "rung_names"]
+__all__ = ["RungLadder", "build_ladder", "load_rung", "rung_config", "rung_names"]
 
 
 def _rung_dir() -> Path:
@@ -53,26 +53,16 @@ def load_rung(name: str) -> dict[str, Any]:
     return d
 
 
-def apply_overrides(base: Any, *layers: Mapping[str, Any] | None, where: str = "train") -> Any:
-    """``base`` (a :class:`nas.config.TrainConfig`) with each layer of overrides applied in order
-    (:func:`nas.config.merge_layers`: ``augment`` merged key by key, ``None`` values skipped).
-
-    Raises:
-        ValueError: an unknown key (the message names it and ``where``) or a bad value.
-    """
-    from nas.config import merge_layers
-
-    return merge_layers(base, *layers, where=where)
-
-
 def rung_config(base: Any, name: str, **changes: Any) -> Any:
     """``base`` at rung ``name`` (then ``changes``, e.g. ``seed=1``).
 
     Raises:
-        FileNotFoundError, ValueError: from :func:`load_rung` / :func:`apply_overrides`,
+        FileNotFoundError, ValueError: from :func:`load_rung` / :func:`nas.config.merge_layers`,
             naming the rung file.
     """
-    cfg = apply_overrides(base, load_rung(name), where=f"fidelity/{name}")
+    from nas.config import merge_layers
+
+    cfg = merge_layers(base, load_rung(name), where=f"fidelity/{name}")
     return replace(cfg, **changes) if changes else cfg
 
 

@@ -188,14 +188,13 @@ class StudyWorker:
         self.ladder = build_ladder(train_cfg, list(settings.rungs) if settings.scheduler == "mo_asha"
                                    else [fidelity_name], settings.confirm_rung, seed=train_cfg.seed,
                                    base_is_rung0=settings.scheduler != "mo_asha")
-        self.rung_names, self.rung_cfgs = self.ladder.names, self.ladder.cfgs
-        self.n_sched, self.confirm_index = self.ladder.n_sched, self.ladder.confirm_index
         self.scheduler = Scheduler(settings, self.study, self.ledger, self.storage, self.ladder, space,
                                    on_trials=self._close_orphan_runs)
         self._data: dict[str, DataBundle] = {}
         if data is not None:
             self._data[self._data_key(train_cfg)] = data
-        fid = json.dumps({n: c.fidelity() for n, c in zip(self.rung_names, self.rung_cfgs)} if len(self.rung_names) > 1
+        lad = self.ladder
+        fid = json.dumps({n: c.fidelity() for n, c in zip(lad.names, lad.cfgs)} if len(lad.names) > 1
                          else train_cfg.fidelity(), sort_keys=True)
         attrs = self._db(lambda: self.study.user_attrs, what="reading the study")
         if attrs.get("fidelity") is None:
@@ -207,8 +206,8 @@ class StudyWorker:
             self._db(self.study.set_user_attr, "started_at", time.time())
         self._db(self.study.set_user_attr, "scheduler", settings.scheduler)
         # how to rebuild the front from storage (nas-pareto, nas.points.stored_front)
-        self._db(self.study.set_user_attr, "schedule", {"rung_names": self.rung_names, "n_sched": self.n_sched,
-                                                        "seed": train_cfg.seed, "confirm_index": self.confirm_index})
+        self._db(self.study.set_user_attr, "schedule", {"rung_names": lad.names, "n_sched": lad.n_sched,
+                                                        "seed": lad.seed, "confirm_index": lad.confirm_index})
 
     @property
     def stopped(self) -> str | None:
@@ -253,11 +252,11 @@ class StudyWorker:
                 "n_trials": self.s.n_trials,
                 "storage": redact(self.s.storage),
                 "space": type(self.space).__name__,
-                "rungs": ",".join(self.rung_names[: self.n_sched]),
+                "rungs": ",".join(self.ladder.names[: self.ladder.n_sched]),
                 "eta": self.s.eta,
                 "confirm_seeds": self.s.confirm_seeds,
                 **{f"budget.{k}": v for k, v in self.s.budgets.items()},
-                **{f"fidelity.{k}": v for k, v in self.rung_cfgs[0].fidelity().items()},
+                **{f"fidelity.{k}": v for k, v in self.ladder.cfgs[0].fidelity().items()},
             },
         )
 
@@ -284,7 +283,7 @@ class StudyWorker:
                 trials = self._db(self.study.get_trials, deepcopy=False, what="progress")
                 c = count_slots(trials)
                 bar.n = min(c["slots"] - c["running"] - c["waiting"], self.s.n_trials)
-                bar.set_postfix(infeasible=c["infeasible"], last=f"{job.kind}@{self.rung_names[job.rung]}")
+                bar.set_postfix(infeasible=c["infeasible"], last=f"{job.kind}@{self.ladder.names[job.rung]}")
                 bar.refresh()
         except KeyboardInterrupt:
             status = KILLED
@@ -301,7 +300,7 @@ class StudyWorker:
     def _train(self, g: Genotype, rung: int, seed: int, run: TrainingRun, trial: optuna.Trial | None) -> Any:
         """Train ``g`` at rung ``rung`` with ``seed``; a constrained study reports each epoch's
         holdout mIoU to ``trial`` for pruning."""
-        cfg = self.rung_cfgs[rung]
+        cfg = self.ladder.cfgs[rung]
         if cfg.seed != seed:
             cfg = replace(cfg, seed=seed)
         g = get_genotype(g, input_size=cfg.input_size)
@@ -325,7 +324,7 @@ class StudyWorker:
             with Heartbeat(self.storage, trial._trial_id, self.s.heartbeat_interval):
                 main = self._db(self.study.get_trials, deepcopy=False, what="reading a candidate")[job.candidate]
                 g = genotype_from_dict(json.loads(main.user_attrs["genotype"]))
-                rung = self.rung_names[job.rung]
+                rung = self.ladder.names[job.rung]
                 tags = {"study": self.s.name, "trial": job.candidate, "rung": rung, "seed": job.seed, "kind": job.kind,
                         "archid": g.archid()}
                 with training_run(self.tracker, f"trial-{job.candidate:04d}-{rung}-seed{job.seed}", tags=tags,
@@ -345,7 +344,7 @@ class StudyWorker:
         except Exception as exc:  # recorded as failed; the schedule tries it again up to max_retry times
             msg = f"{type(exc).__name__}: {exc}"
             log.warning("%s of trial %s at %s seed %d failed: %s", job.kind, job.candidate,
-                        self.rung_names[job.rung], job.seed, msg)
+                        self.ladder.names[job.rung], job.seed, msg)
             with contextlib.suppress(Exception):
                 trial.set_user_attr("error", msg[:2000])
             self._tell_failure(self.ledger, trial)
@@ -421,7 +420,7 @@ class StudyWorker:
                 over[key] = value > limit
         feasible = not any(over.values())
         attrs = {"archid": g.archid(), "family": g.family, "genotype": g.to_json(), "params": cost.params,
-                 "conv_macs": cost.conv_macs, "rung": self.rung_names[0], "feasible": feasible}
+                 "conv_macs": cost.conv_macs, "rung": self.ladder.names[0], "feasible": feasible}
         for k, v in attrs.items():  # "feasible" last: it makes the trial a candidate for the schedule
             self._db(trial.set_user_attr, k, v)
         tags = {
@@ -429,7 +428,7 @@ class StudyWorker:
             "family": g.family,
             "feasible": feasible,
             "reference": trial.user_attrs.get("reference", ""),
-            "rung": self.rung_names[0],
+            "rung": self.ladder.names[0],
             "seed": self.train_cfg.seed,
             "kind": "new",
         }
@@ -453,7 +452,7 @@ class StudyWorker:
             )
             self._db(trial.set_user_attr, "fvcore_total", metrics["fvcore_total"])
             self._db(trial.set_user_attr, "latency_ms", metrics["latency_ms"])
-        run.log_metrics(metrics, step=self.rung_cfgs[0].epochs)
+        run.log_metrics(metrics, step=self.ladder.cfgs[0].epochs)
         self._db(self.study.tell, trial, self._values(res.miou, cost.params, cost.conv_macs), what="telling a result")
         return "trained_s"
 

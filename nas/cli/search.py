@@ -70,10 +70,7 @@ def pareto_main(cfg: DictConfig) -> None:
     from nas.pareto import compare_studies
 
     names = list(cfg.studies) if OmegaConf.is_list(cfg.studies) else [str(cfg.studies)]
-    from nas.objectives import default_reference_point
-
     ref = OmegaConf.to_container(cfg.reference_point, resolve=True) if cfg.reference_point else None
-    ref = default_reference_point() | (ref or {})
     res = compare_studies(names, cfg.storage, ref, cfg.output_dir, name=cfg.name,
                           tracking=(cfg.tracking.uri, cfg.tracking.experiment) if cfg.tracking.enabled else None)
     for row in res["table"]:
