@@ -43,8 +43,7 @@ def main() -> None:
     print(f"proxies on {a.batch} images at {a.size}x{a.size}, {a.threads} torch threads (wall seconds)")
     print(f"  {'network':<24}" + "".join(f"{p:>10}" for p in PROXIES) + f"{'all':>10}")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    nets = [("sinet", get_genotype("sinet", input_size=size)),
-            ("extremec3net", get_genotype("extremec3net", num_classes=1, input_size=size))]
+    nets = [("sinet", get_genotype("sinet")), ("extremec3net", get_genotype("extremec3net", num_classes=1))]
     space = SINetSpace(input_size=size)
     for i in range(a.n):
         trial = study.ask()

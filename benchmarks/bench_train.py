@@ -24,7 +24,7 @@ def bench(name: str, batch: int, size: int, steps: int, warmup: int, channels_la
     """The trainer's step (nas.train): same loss, parameter groups, memory format and compile switch."""
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = create_model(name, input_size=(size, size)).train().to(memory_format=fmt)
+    model = create_model(name).train().to(memory_format=fmt)
     opt = torch.optim.Adam(param_groups(model, TrainConfig()), lr=5e-4)
     forward = torch.compile(model) if compile else model
     loss_fn = SegmentationLoss(kind="ce", class_weights=torch.tensor([1.0, 1.0]), boundary=True, boundary_window=15)

@@ -248,7 +248,12 @@ def variant_train_config(base: TrainConfig, exp: Experiment, v: Variant, fidelit
 
 
 def variant_genotype(exp: Experiment, v: Variant, tcfg: TrainConfig) -> Genotype:
-    """The variant's genotype at ``tcfg``'s class count and input size."""
+    """The variant's genotype at ``tcfg``'s class count, checked at its input size.
+
+    Raises:
+        ValueError: an unknown genotype key, or a genotype that cannot run at ``tcfg.input_size``
+            (the message names the variant).
+    """
     g = get_genotype(exp.model)
     d = g.to_dict()
     unknown = sorted(set(v.genotype) - set(d))
@@ -256,8 +261,13 @@ def variant_genotype(exp: Experiment, v: Variant, tcfg: TrainConfig) -> Genotype
         raise ValueError(f"unknown genotype key(s) {unknown}; allowed: {sorted(set(d) - {'family'})}")
     d.update(v.genotype)
     d = apply_edits(d, v.edits)
-    d.update(num_classes=tcfg.num_classes, input_size=list(tcfg.input_size))
-    return genotype_from_dict(d, where=f"variant {v.name}")
+    d.update(num_classes=tcfg.num_classes)
+    g = genotype_from_dict(d, where=f"variant {v.name}")
+    try:
+        g.check_input_size(tcfg.input_size)
+    except ValueError as exc:
+        raise ValueError(f"variant {v.name}: {exc}") from None
+    return g
 
 
 @dataclass
@@ -279,7 +289,9 @@ _EXECUTION_KEYS = ("threads", "progress", "num_workers", "eval_batch_size", "cha
 def _cell_hash(exp: Experiment, g: Genotype, tcfg: TrainConfig) -> str:
     """Identity of a cell: its genotype and every training setting that can change its result."""
     train = {k: v for k, v in tcfg.as_dict().items() if k not in _EXECUTION_KEYS}
-    blob = json.dumps({"genotype": g.to_dict(), "train": train}, sort_keys=True, default=str)
+    # the input size sits beside the genotype, where it stood when the genotype carried it: same hashes
+    genotype = {**g.to_dict(), "input_size": list(tcfg.input_size)}
+    blob = json.dumps({"genotype": genotype, "train": train}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -316,7 +328,7 @@ def run_ablation(
     configs = {v.name: variant_train_config(base_train, exp, v, fidelity) for v in exp.variants}
     genotypes = {v.name: variant_genotype(exp, v, configs[v.name]) for v in exp.variants}
     costs = {
-        n: genotype_cost(g.replace(input_size=tuple(cost_input_size)), cost_input_size) for n, g in genotypes.items()
+        n: genotype_cost(g, cost_input_size) for n, g in genotypes.items()
     }
     cells: list[Cell] = []
     if train:

@@ -21,6 +21,7 @@ from search_spaces.genotype import Genotype
 __all__ = ["save_checkpoint", "load_checkpoint", "FORMATS"]
 
 _FORMAT = 2
+_RELEASE_SIZE = (224, 224)  # the authors' training size (REFERENCE.md), for checkpoints that do not say theirs
 FORMATS = (1, 2)
 
 
@@ -49,9 +50,12 @@ def save_checkpoint(
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's contents, checked: ``{format, genotype, state_dict, preprocessing, train, metrics}``.
+    """The checkpoint's contents, checked: ``{format, genotype, state_dict, preprocessing, train, metrics,
+    input_size}``.
 
-    ``genotype`` is a genotype object and ``preprocessing`` a :class:`Preprocessing`.
+    ``genotype`` is a genotype object and ``preprocessing`` a :class:`Preprocessing`. ``input_size`` is the
+    (H, W) the weights were trained at: ``train.input_size``, else the ``input_size`` that checkpoints
+    written before the genotype lost its fidelity kept in the genotype, else 224 x 224 (the release's).
 
     Raises:
         FileNotFoundError: no such file.
@@ -78,9 +82,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path}: checkpoint format {fmt} without {missing}")
     pre = OURS if fmt == 1 else Preprocessing.from_dict(blob.get("preprocessing"), where=f"{path}: preprocessing")
+    train = blob.get("train") or {}
+    size = train.get("input_size") or (blob["genotype"] or {}).get("input_size") or _RELEASE_SIZE
     return {"format": fmt, "genotype": genotype_from_dict(blob["genotype"], where=str(path)),
-            "state_dict": blob["state_dict"], "preprocessing": pre, "train": blob.get("train", {}),
-            "metrics": blob.get("metrics", {})}
+            "state_dict": blob["state_dict"], "preprocessing": pre, "train": train,
+            "metrics": blob.get("metrics", {}), "input_size": (int(size[0]), int(size[1]))}
 
 
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -88,7 +94,7 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
     Returns:
         ``(model, meta)`` where ``meta`` has ``genotype``, ``preprocessing``
-        (a :class:`~nas.preprocess.Preprocessing`), ``train``, ``metrics``, ``format``.
+        (a :class:`~nas.preprocess.Preprocessing`), ``train``, ``metrics``, ``format``, ``input_size``.
 
     Raises:
         FileNotFoundError: no such file. ValueError: see :func:`read_checkpoint`.
@@ -100,4 +106,4 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not fit its genotype: {exc}") from None
     model.eval()
-    return model, {k: ck[k] for k in ("genotype", "preprocessing", "train", "metrics", "format")}
+    return model, {k: ck[k] for k in ("genotype", "preprocessing", "train", "metrics", "format", "input_size")}

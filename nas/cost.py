@@ -227,11 +227,13 @@ def genotype_cost(genotype: Any, input_size: tuple[int, int]) -> CostReport:
     """
     import warnings as _w
 
-    from search_spaces import GateWarning, create_model
+    from search_spaces import GateWarning, create_model, get_genotype
 
+    genotype = get_genotype(genotype)
+    input_size = genotype.check_input_size(input_size)
     with _w.catch_warnings():
         _w.simplefilter("ignore", GateWarning)
-        model = create_model(genotype, input_size=tuple(input_size))
+        model = create_model(genotype)
     return cheap_cost(model, input_size)
 
 

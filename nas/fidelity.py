@@ -199,7 +199,7 @@ def sample_architectures(space: SearchSpace, s: FidelitySettings) -> list[Arch]:
     archs: list[Arch] = []
     seen: set[str] = set()
     for name in s.include:
-        g = get_genotype(name, num_classes=space.num_classes, input_size=s.cost_input_size)
+        g = get_genotype(name, num_classes=space.num_classes)
         try:
             space.params_for(g)
         except ValueError as exc:
@@ -218,7 +218,7 @@ def sample_architectures(space: SearchSpace, s: FidelitySettings) -> list[Arch]:
     for _ in range(s.candidates):
         trial = study.ask()
         try:
-            g = get_genotype(space.suggest(trial), num_classes=space.num_classes, input_size=s.cost_input_size)
+            g = get_genotype(space.suggest(trial), num_classes=space.num_classes)
         except ValueError:
             continue
         if g.archid() in seen:
@@ -253,23 +253,28 @@ def _hash(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _identity(g: Genotype, input_size: Sequence[int]) -> dict[str, Any]:
+    """The genotype with the cell's input size beside it, as cells were keyed when the genotype carried it."""
+    return {**g.to_dict(), "input_size": list(input_size)}
+
+
 def plan_cells(archs: Sequence[Arch], s: FidelitySettings, base: TrainConfig) -> list[Cell]:
     """Every cell of the study in queue order: proxies, then seed-major over rungs and architectures."""
     cells = []
     for seed in s.seeds:
         for a in archs:
             if s.proxies:
-                g = a.genotype.replace(input_size=s.proxy_input_size)
                 cells.append(Cell(a.arch, PROXY_RUNG, seed, _hash({
-                    "kind": "proxy", "version": 2, "genotype": g.to_dict(), "seed": seed, "proxies": sorted(s.proxies),
+                    "kind": "proxy", "version": 2, "genotype": _identity(a.genotype, s.proxy_input_size), "seed": seed,
+                    "proxies": sorted(s.proxies),
                     "batch": s.proxy_batch, "input_size": list(s.proxy_input_size)})))
     for seed in s.seeds:
         for rung in s.rungs:
             cfg = train_config_at(base, rung, seed)
             train = cell_train_identity(cfg)
             for a in archs:
-                g = get_genotype(a.genotype, num_classes=cfg.num_classes, input_size=cfg.input_size)
-                key = _hash({"kind": "train", "genotype": g.to_dict(), "train": train})
+                g = get_genotype(a.genotype, num_classes=cfg.num_classes)
+                key = _hash({"kind": "train", "genotype": _identity(g, cfg.input_size), "train": train})
                 cells.append(Cell(a.arch, rung, seed, key))
     return cells
 
@@ -410,7 +415,8 @@ class FidelityWorker:
             torch.set_num_threads(self.base.threads)
         try:
             torch.manual_seed(seed)
-            model = create_model(a.genotype.replace(input_size=self.s.proxy_input_size))
+            a.genotype.check_input_size(self.s.proxy_input_size)
+            model = create_model(a.genotype)
             res = score_proxies(model, x, y, list(self.s.proxies))
         finally:
             torch.set_num_threads(old)

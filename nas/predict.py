@@ -66,7 +66,7 @@ def evaluate_checkpoint(
 ) -> dict:
     """Score a checkpoint on an EG1800 split with its own preprocessing (what ``nas-eval`` runs).
 
-    Labels are nearest-resized to ``input_size`` (default: the genotype's); the metric is
+    Labels are nearest-resized to ``input_size`` (default: the size the checkpoint was trained at); the metric is
     :class:`nas.metrics.SegmentationMetrics` (``miou`` = foreground IoU per image, x100).
 
     Returns:
@@ -81,7 +81,7 @@ def evaluate_checkpoint(
 
     model, meta = load_checkpoint(checkpoint)
     pre: Preprocessing = meta["preprocessing"]
-    size = tuple(int(v) for v in (input_size or meta["genotype"].input_size))
+    size = meta["genotype"].check_input_size(tuple(int(v) for v in (input_size or meta["input_size"])))
     arrays = load_split_arrays(root, split, size, cache_dir=cache_dir, fraction=fraction)
     images = load_eval_images(pre, arrays.ids, root, size, cached=arrays.images)
     metrics, preds = SegmentationMetrics(), []
@@ -114,7 +114,7 @@ def predict_files(
             unreadable image (named) or no images at all.
     """
     model, meta = load_checkpoint(checkpoint)
-    size = tuple(input_size or meta["genotype"].input_size)
+    size = meta["genotype"].check_input_size(tuple(int(v) for v in (input_size or meta["input_size"])))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -144,7 +144,7 @@ class Scheduler:
             trials = self.study.get_trials(deepcopy=False)
             if not trials:
                 for name in self.s.enqueue:
-                    g = get_genotype(name, num_classes=self.space.num_classes, input_size=self.space.input_size)
+                    g = get_genotype(name, num_classes=self.space.num_classes)
                     self.study.enqueue_trial(self.space.params_for(g), user_attrs={"reference": name})
                 trials = self.study.get_trials(deepcopy=False)
             led = self.ledger.get_trials(deepcopy=False)

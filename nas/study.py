@@ -70,7 +70,7 @@ from nas.tracking import (
     training_run,
 )
 from nas.train import DataBundle, TrainConfig, train_genotype
-from search_spaces import Genotype, create_model, genotype_from_dict, get_genotype
+from search_spaces import Genotype, create_model, genotype_from_dict
 from search_spaces.spaces import SearchSpace
 
 __all__ = [
@@ -303,7 +303,6 @@ class StudyWorker:
         cfg = self.ladder.cfgs[rung]
         if cfg.seed != seed:
             cfg = replace(cfg, seed=seed)
-        g = get_genotype(g, input_size=cfg.input_size)
         pruning = self.s.mode == "constrained" and trial is not None
 
         def on_epoch(rec) -> None:
@@ -410,8 +409,7 @@ class StudyWorker:
     def _evaluate(self, trial: optuna.Trial, run: TrainingRun) -> str:
         """Suggest, count, check budgets, train at rung 0; tell Optuna. Returns the timing bucket."""
         g = self.space.suggest(trial)
-        counted = get_genotype(g, input_size=self.s.cost_input_size)
-        cost = genotype_cost(counted, self.s.cost_input_size)  # shapes only: milliseconds
+        cost = genotype_cost(g, self.s.cost_input_size)  # shapes only: milliseconds
         over = {}
         for key, value in (("params", cost.params), ("conv_macs", cost.conv_macs)):
             limit = self.s.budgets.get(key)
@@ -445,7 +443,7 @@ class StudyWorker:
             self._db(trial.set_user_attr, k, getattr(res, k, None))
         metrics = result_metrics(res)
         if self.s.extra_costs:
-            model = create_model(counted)
+            model = create_model(g)
             metrics["fvcore_total"] = count_fvcore(model, self.s.cost_input_size)
             metrics["latency_ms"], _ = measure_latency(
                 model, self.s.cost_input_size, threads=self.s.latency_threads, warmup=2, repeats=5

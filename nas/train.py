@@ -330,7 +330,7 @@ def train_genotype(
 
     Args:
         genotype: a genotype or registered name; its ``num_classes`` and
-            ``input_size`` are set from ``cfg`` (loss and fidelity decide them).
+            is set from ``cfg`` (the loss decides it); it is checked at ``cfg.input_size``.
         data: from :func:`load_data` at ``cfg.input_size``.
         on_epoch: called after every epoch with its :class:`EpochRecord`
             (for tracking and pruning); exceptions it raises propagate.
@@ -352,7 +352,8 @@ def train_genotype(
         torch.manual_seed(cfg.seed)
         from search_spaces import get_genotype
 
-        g = get_genotype(genotype, num_classes=cfg.num_classes, input_size=cfg.input_size, encoder_only=False)
+        g = get_genotype(genotype, num_classes=cfg.num_classes, encoder_only=False)
+        g.check_input_size(cfg.input_size)
         class_weights = None
         if cfg.loss == "ce":
             class_weights = class_weights_from_masks(data.train.masks, num_classes=2, c=cfg.class_weight_c)
@@ -405,7 +406,7 @@ def init_state(path: str, genotype: Genotype) -> dict[str, torch.Tensor]:
 
     model, meta = load_checkpoint(path)
     src = meta["genotype"]
-    if src.archid() != genotype.replace(input_size=src.input_size).archid():
+    if src.archid() != genotype.archid():
         raise ValueError(f"train.init={path}: its network ({src.family}, archid {src.archid()}, "
                          f"{src.num_classes} classes) is not the one trained ({genotype.family}, archid "
                          f"{genotype.archid()}, {genotype.num_classes} classes); check model= and train.loss")

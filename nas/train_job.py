@@ -52,7 +52,11 @@ def train_and_save(model: str, tcfg: TrainConfig, *, data_root: str | None, cach
     from nas.train import load_data, train_genotype
     from search_spaces import create_model, get_genotype
 
-    g = get_genotype(str(model), num_classes=tcfg.num_classes, input_size=tcfg.input_size)
+    g = get_genotype(str(model), num_classes=tcfg.num_classes)
+    try:
+        g.check_input_size(tcfg.input_size)
+    except ValueError as exc:
+        raise ValueError(f"model={model} at train.input_size={tuple(tcfg.input_size)}: {exc}") from None
     cost = cheap_cost(create_model(g), tcfg.input_size)  # warns here, once, about a zero gate
     ckpt = checkpoint_path(output_dir, str(model), g.archid())
     data = load_data(data_root, tcfg, cache_dir=cache_dir, val_fraction=val_fraction, progress=tcfg.progress)

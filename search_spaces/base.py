@@ -39,7 +39,7 @@ class PortraitSegModel(nn.Module):
         size = (int(x.shape[2]), int(x.shape[3]))
         if size not in self._allowed_sizes:
             try:  # the genotype's own validation knows every size constraint
-                self.genotype.replace(input_size=size)
+                self.genotype.check_input_size(size)
                 self._allowed_sizes[size] = True
             except ValueError as exc:
                 raise ValueError(f"input size {size[0]}x{size[1]} not allowed by this genotype: {exc}") from None

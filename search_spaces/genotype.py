@@ -34,7 +34,7 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, Sequence, Union
 
 import yaml
 
@@ -243,8 +243,6 @@ class _GenotypeMixin:
     family: ClassVar[str]
 
     def __post_init__(self) -> None:
-        # Tuples from YAML lists; frozen, so go through object.__setattr__.
-        object.__setattr__(self, "input_size", tuple(self.input_size))  # type: ignore[attr-defined]
         self.validate()
 
     # -- serialisation -----------------------------------------------------
@@ -277,13 +275,12 @@ class _GenotypeMixin:
     def archid(self) -> str:
         """Stable short id (12 hex chars) of the architecture.
 
-        A SHA-1 of the canonical JSON of every field except ``input_size``,
-        which is a fidelity, not part of the architecture: the same network
-        trained at 128 and 224 has one archid.
+        A SHA-1 of the canonical JSON of every field. The input size is a
+        fidelity, not part of the genotype: the same network trained at 128
+        and 224 has one archid (ids written before the field was removed
+        from the genotype are the same).
         """
-        d = self.to_dict()
-        d.pop("input_size")
-        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
     def replace(self, **changes: Any):
@@ -309,14 +306,29 @@ class _GenotypeMixin:
 
     # -- validation helpers ------------------------------------------------
     def _check_common(self) -> None:
-        name = type(self).__name__
-        _check_int(name, "num_classes", self.num_classes, 1, 1000)  # type: ignore[attr-defined]
-        size = self.input_size  # type: ignore[attr-defined]
-        if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 8 for s in size):
-            raise _err(name, "input_size", size, "two integers (H, W), each >= 8")
+        _check_int(type(self).__name__, "num_classes", self.num_classes, 1, 1000)  # type: ignore[attr-defined]
 
-    def _check_pool(self, where: str, branch: BranchSpec, stride: int) -> None:
-        h, w = self.input_size  # type: ignore[attr-defined]
+    def check_input_size(self, input_size: Sequence[int]) -> tuple[int, int]:
+        """Check that the network runs at ``input_size`` = (H, W) pixels and return it as a tuple.
+
+        The genotype describes the architecture only; the input size is a fidelity, passed where a
+        network is validated, counted or trained (a search space checks its proposals at the
+        fidelity's size, the trainer at ``train.input_size``).
+
+        Raises:
+            ValueError: not two integers >= 8, not a multiple of the output stride, a pooling factor
+                that does not divide a feature map, or a dilation wider than its feature map; the
+                message names ``input_size`` and the module.
+        """
+        name = type(self).__name__
+        size = tuple(input_size) if not isinstance(input_size, (str, bytes)) and hasattr(input_size, "__len__") else ()
+        if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 8 for s in size):
+            raise _err(name, "input_size", input_size, "two integers (H, W), each >= 8")
+        self._check_size(size)  # type: ignore[attr-defined]
+        return size  # type: ignore[return-value]
+
+    def _check_pool(self, where: str, branch: BranchSpec, stride: int, input_size: tuple[int, int]) -> None:
+        h, w = input_size
         fh, fw = h // stride, w // stride
         if branch.pool > 1 and (fh % branch.pool or fw % branch.pool):
             ok = [s for s in range(1, _MAX_POOL + 1) if fh % s == 0 and fw % s == 0]
@@ -356,7 +368,6 @@ class SINetGenotype(_GenotypeMixin):
     stem_channels: int = 12
     decoder: str = "information_blocking"
     num_classes: int = 2
-    input_size: tuple[int, int] = (224, 224)
     encoder_only: bool = False
 
     def validate(self) -> None:
@@ -367,13 +378,9 @@ class SINetGenotype(_GenotypeMixin):
             raise _err("SINetGenotype", "decoder", self.decoder, ", ".join(SINET_DECODERS))
         if len(self.stages) != 2:
             raise _err("SINetGenotype", "stages", f"<{len(self.stages)} stages>", "exactly 2 stages (1/4 and 1/8)")
-        h, w = self.input_size
-        if h % 8 or w % 8:
-            raise _err("SINetGenotype", "input_size", self.input_size, "multiples of 8 (the encoder's output stride)")
         c_in = self.stem_channels
         for si, stage in enumerate(self.stages):
             where = f"stages[{si}]"
-            stride = 4 * 2**si
             _check_int(where, "down_channels", stage.down_channels, 1, 4096)
             _check_int(where, "width", stage.width, 1, 4096)
             _check_int(where, "se_reduction", stage.se_reduction, 0, c_in)
@@ -399,11 +406,18 @@ class SINetGenotype(_GenotypeMixin):
                 if mod.residual and m_in != stage.width:
                     raise _err(mwhere, "residual", True, f"False (input {m_in} channels != output {stage.width})")
                 for bi, br in enumerate(mod.branches):
-                    bwhere = f"{mwhere}.branches[{bi}]"
-                    br.check(bwhere)
-                    self._check_pool(bwhere, br, stride)
+                    br.check(f"{mwhere}.branches[{bi}]")
                 m_in = stage.width
             c_in = stage.down_channels + stage.width
+
+    def _check_size(self, size: tuple[int, int]) -> None:
+        h, w = size
+        if h % 8 or w % 8:
+            raise _err("SINetGenotype", "input_size", size, "multiples of 8 (the encoder's output stride)")
+        for si, stage in enumerate(self.stages):
+            for mi, mod in enumerate(stage.modules):
+                for bi, br in enumerate(mod.branches):
+                    self._check_pool(f"stages[{si}].modules[{mi}].branches[{bi}]", br, 4 * 2**si, size)
 
     @property
     def warns_zero_gate(self) -> bool:
@@ -440,7 +454,6 @@ class C3Genotype(_GenotypeMixin):
     )
     decoder: str = "coarse_fine"
     num_classes: int = 2
-    input_size: tuple[int, int] = (224, 224)
     encoder_only: bool = False
 
     @property
@@ -461,16 +474,11 @@ class C3Genotype(_GenotypeMixin):
         if self.detail_branch and self.decoder != "coarse_fine":
             raise _err(name, "detail_branch", True, "False unless decoder='coarse_fine'")
         os_ = self.output_stride
-        h, w = self.input_size
-        need = max(os_, 4 if self.detail_branch else 1)
-        if h % need or w % need:
-            raise _err(name, "input_size", self.input_size, f"multiples of {need} (output stride {os_})")
         if self.decoder == "coarse_fine" and os_ != 4:
             raise _err(
                 name, "stages", f"<output stride {os_}>", "exactly one stride-2 stage for decoder='coarse_fine' (H/4)"
             )
         c_in = self.stem_channels + 3
-        stride = 2
         for si, stage in enumerate(self.stages):
             where = f"stages[{si}]"
             _check_int(where, "width", stage.width, 1, 4096)
@@ -483,16 +491,36 @@ class C3Genotype(_GenotypeMixin):
                 mwhere = f"{where}.modules[{mi}]"
                 if mi > 0 and mod.stride != 1:
                     raise _err(mwhere, "stride", mod.stride, "1 (only the entry module may downsample)")
-                stride *= mod.stride
-                self._check_c3_module(mwhere, mod, m_in, stage.width, stride)
+                self._check_c3_module(mwhere, mod, m_in, stage.width)
                 m_in = stage.width
             c_in = 2 * stage.width + (3 if stage.inject_input else 0)
         if self.detail_branch:
-            self._check_c3_module("detail_module", self.detail_module, self.head_channels, self.head_channels, 2)
+            self._check_c3_module("detail_module", self.detail_module, self.head_channels, self.head_channels)
             if self.detail_module.stride != 1:
                 raise _err("detail_module", "stride", self.detail_module.stride, "1")
 
-    def _check_c3_module(self, where: str, mod: C3ModuleSpec, c_in: int, c_out: int, stride: int) -> None:
+    def _check_size(self, size: tuple[int, int]) -> None:
+        h, w = size
+        os_ = self.output_stride
+        need = max(os_, 4 if self.detail_branch else 1)
+        if h % need or w % need:
+            raise _err("C3Genotype", "input_size", size, f"multiples of {need} (output stride {os_})")
+        stride = 2
+        modules = []
+        for si, stage in enumerate(self.stages):
+            for mi, mod in enumerate(stage.modules):
+                stride *= mod.stride
+                modules.append((f"stages[{si}].modules[{mi}]", mod, stride))
+        if self.detail_branch:
+            modules.append(("detail_module", self.detail_module, 2))
+        for where, mod, stride in modules:
+            fmap = min(size) // stride
+            for bi, br in enumerate(mod.branches):
+                if br.dilation * (br.kernel - 1) + 1 > 2 * fmap + 1:
+                    raise _err(f"{where}.branches[{bi}]", "dilation", br.dilation,
+                               f"a receptive field that fits the {fmap}-pixel feature map at input_size={h}x{w}")
+
+    def _check_c3_module(self, where: str, mod: C3ModuleSpec, c_in: int, c_out: int) -> None:
         n = len(mod.branches)
         if n < 1:
             raise _err(where, "branches", "()", "at least one branch")
@@ -507,9 +535,6 @@ class C3Genotype(_GenotypeMixin):
             br.check(bwhere)
             if br.pool != 1:
                 raise _err(bwhere, "pool", br.pool, "1 (C3 blocks widen the receptive field by dilation)")
-            size = min(self.input_size) // stride
-            if br.dilation * (br.kernel - 1) + 1 > 2 * size + 1:
-                raise _err(bwhere, "dilation", br.dilation, f"a receptive field that fits the {size}-pixel feature map")
 
     @property
     def warns_zero_gate(self) -> bool:
@@ -523,7 +548,6 @@ _FIELD_TYPES[SINetGenotype] = {
     "stem_channels": (int, False),
     "decoder": (str, False),
     "num_classes": (int, False),
-    "input_size": (int, True),
     "encoder_only": (bool, False),
 }
 _FIELD_TYPES[C3Genotype] = {
@@ -534,7 +558,6 @@ _FIELD_TYPES[C3Genotype] = {
     "detail_module": (C3ModuleSpec, False),
     "decoder": (str, False),
     "num_classes": (int, False),
-    "input_size": (int, True),
     "encoder_only": (bool, False),
 }
 
@@ -543,7 +566,9 @@ def genotype_from_dict(data: dict[str, Any], where: str = "genotype") -> Genotyp
     """Build a genotype from plain data (the inverse of ``to_dict``).
 
     Args:
-        data: a mapping with a ``family`` key (``sinet`` or ``extremec3net``).
+        data: a mapping with a ``family`` key (``sinet`` or ``extremec3net``). A top-level
+            ``input_size`` (written by versions that kept the fidelity in the genotype) is ignored:
+            the input size is passed where a network is trained, counted or validated.
         where: a label for error messages (a file name, say).
 
     Raises:
@@ -555,6 +580,7 @@ def genotype_from_dict(data: dict[str, Any], where: str = "genotype") -> Genotyp
     fam = data.get("family")
     if fam not in _CLASSES:
         raise _err(where, "family", fam, ", ".join(_CLASSES))
+    data = {k: v for k, v in data.items() if k != "input_size"}
     try:
         return _build(_CLASSES[fam], data, where)
     except ValueError as exc:

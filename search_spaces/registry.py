@@ -72,11 +72,12 @@ def get_genotype(model: str | Path | Genotype, **overrides: Any) -> Genotype:
         model: a name from :func:`list_models`, a path to a genotype file, or
             a genotype.
         **overrides: top-level genotype fields to replace (``num_classes``,
-            ``input_size``, ``decoder``...); ``None`` values are ignored.
+            ``decoder``, ``encoder_only``...); ``None`` values are ignored.
+            The input size is not one: check it with ``genotype.check_input_size``.
 
     Raises:
         ValueError: an unknown name (the message lists the registered ones),
-            an unknown override key, or an invalid resulting genotype.
+            an unknown override key (``input_size`` included), or an invalid resulting genotype.
         FileNotFoundError: a path that does not exist.
     """
     if isinstance(model, (str, Path)):
@@ -93,7 +94,8 @@ def get_genotype(model: str | Path | Genotype, **overrides: Any) -> Genotype:
         g = model
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "input_size" in overrides:
-        overrides["input_size"] = tuple(int(v) for v in overrides["input_size"])
+        raise ValueError("input_size is a fidelity, not a genotype field: pass it where the network is trained, "
+                         "counted or validated (genotype.check_input_size(size), train.input_size)")
     if overrides:
         allowed = set(g.to_dict()) - {"family"}
         bad = sorted(set(overrides) - allowed)

@@ -95,6 +95,11 @@ class SearchSpace(abc.ABC):
                 )
         return [[list(x) for x in v] for v in lists.values()]
 
+    def _at_fidelity(self, genotype: Genotype) -> Genotype:
+        """``genotype`` once checked at ``self.input_size`` (ValueError naming input_size if it cannot run)."""
+        genotype.check_input_size(self.input_size)
+        return genotype
+
     def with_fidelity(self, num_classes: int, input_size: Sequence[int]) -> "SearchSpace":
         """This space at another class count / input size (a shallow copy)."""
         import copy
@@ -162,13 +167,12 @@ class SINetSpace(SearchSpace):
                 m_in = width
             stages.append(SINetStage(base.down_channels, base.se_reduction, width, tuple(mods)))
         decoder = _choice(trial, f"{p}.decoder", self.decoders)
-        return SINetGenotype(
+        return self._at_fidelity(SINetGenotype(
             stages=tuple(stages),
             stem_channels=self.base.stem_channels,
             decoder=decoder,
             num_classes=self.num_classes,
-            input_size=self.input_size,
-        )
+        ))
 
     def params_for(self, genotype: Genotype) -> dict[str, Any]:
         if not isinstance(genotype, SINetGenotype):
@@ -243,7 +247,7 @@ class C3Space(SearchSpace):
             c_in = 2 * width + (3 if base.inject_input else 0)
         detail = _choice(trial, f"{p}.detail_branch", self.detail_branch)
         detail_module = self._module(trial, f"{p}.detail", True, 1, conc) if detail else self.base.detail_module
-        return C3Genotype(
+        return self._at_fidelity(C3Genotype(
             stages=tuple(stages),
             stem_channels=self.base.stem_channels,
             head_channels=self.base.head_channels,
@@ -251,8 +255,7 @@ class C3Space(SearchSpace):
             detail_module=detail_module,
             decoder=self.base.decoder,
             num_classes=self.num_classes,
-            input_size=self.input_size,
-        )
+        ))
 
     def params_for(self, genotype: Genotype) -> dict[str, Any]:
         if not isinstance(genotype, C3Genotype):

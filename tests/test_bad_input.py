@@ -174,9 +174,15 @@ def test_invalid_genotype_yaml_names_file_and_field(tmp_path: Path) -> None:
         get_genotype(str(malformed))
     bad_pool = tmp_path / "bad_pool.yaml"
     bad_pool.write_text(get_genotype("sinet").to_yaml().replace("pool: 4", "pool: 3", 1))
-    with pytest.raises(ValueError, match=rf"{re.escape(str(bad_pool))}: stages\[1\]\.modules\[\d+\]\.branches\[\d+\]: "
-                                         r"invalid pool=3"):
-        get_genotype(str(bad_pool))
+    g = get_genotype(str(bad_pool))  # pool 3 fits some sizes (192 x 192: a 24 x 24 map), so the file loads
+    with pytest.raises(ValueError, match=r"stages\[1\]\.modules\[\d+\]\.branches\[\d+\]: invalid pool=3; allowed: "
+                                         r"factors of the 28x28 feature map at input_size=224x224"):
+        g.check_input_size((224, 224))
+    from nas.cli.train import run_training
+
+    with pytest.raises(ValueError, match=rf"model={re.escape(str(bad_pool))} at train.input_size=\(64, 64\): "
+                                         r"stages\[1\].*invalid pool=3"):
+        run_training(compose("train", [*TINY_TRAIN, f"model={bad_pool}", "train.input_size=[64,64]"]))
 
 
 # -- unwritable places -----------------------------------------------------------------------------
@@ -232,7 +238,8 @@ def test_cli_no_data_root_and_bad_genotype_file(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text(get_genotype("sinet").to_yaml().replace("pool: 4", "pool: 3", 1))
     out = _cli("nas.cli.train", [*TINY_TRAIN, "model=bad.yaml"], tmp_path, env)
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert re.search(r"nas-train: error: bad\.yaml: stages\[1\]\.modules\[\d+\]\.branches\[\d+\]: invalid pool=3",
+    assert re.search(r"nas-train: error: model=bad\.yaml at train\.input_size=\(64, 64\): "
+                     r"stages\[1\]\.modules\[\d+\]\.branches\[\d+\]: invalid pool=3; allowed: factors of the 8x8",
                      out.stderr), out.stderr[-2000:]
 
 

@@ -36,7 +36,7 @@ def test_one_class_parameter_counts(name: str, params: int) -> None:
 
 
 def test_conv_macs_scale_with_input_area() -> None:
-    m = create_model("sinet", input_size=(448, 448))
+    m = create_model("sinet")
     assert cheap_cost(m, (448, 448)).conv_macs == 4 * REFERENCE["sinet"][1]
 
 
@@ -50,7 +50,7 @@ def test_cheap_cost_is_cheap() -> None:
 
 
 def test_latency_is_positive_and_threads_recorded() -> None:
-    rep = cost_report(create_model("sinet", input_size=(64, 64)), (64, 64), fvcore=False, ptflops=False, threads=1)
+    rep = cost_report(create_model("sinet"), (64, 64), fvcore=False, ptflops=False, threads=1)
     assert rep.latency_ms > 0 and rep.latency_threads == 1
 
 

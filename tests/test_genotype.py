@@ -36,12 +36,38 @@ def test_round_trip_yaml_json(name: str, tmp_path) -> None:
     assert load_genotype(g.save(tmp_path / "g.yaml")).archid() == g.archid()
 
 
-def test_archid_is_stable_and_ignores_input_size() -> None:
+def test_archid_is_stable_and_files_with_a_fidelity_still_load() -> None:
     # Literal values: a changed hash silently orphans every cached result and MLflow tag.
     assert get_genotype("sinet").archid() == "3a12cd809870"
     assert get_genotype("extremec3net").archid() == "9b3d4e3bfed1"
-    assert get_genotype("sinet", input_size=(128, 128)).archid() == "3a12cd809870"
     assert get_genotype("sinet", num_classes=1).archid() != "3a12cd809870"
+    # genotype files and checkpoints written when the genotype carried its input size
+    legacy = {**get_genotype("sinet").to_dict(), "input_size": [128, 128]}
+    assert genotype_from_dict(legacy) == get_genotype("sinet")
+    assert genotype_from_dict(legacy).archid() == "3a12cd809870"
+    assert "input_size" not in get_genotype("sinet").to_dict()
+
+
+def test_input_size_is_checked_where_it_is_used_not_stored() -> None:
+    g = get_genotype("sinet")
+    assert g.check_input_size([96, 128]) == (96, 128)
+    with pytest.raises(ValueError, match=r"invalid input_size=\(100, 100\); allowed: multiples of 8"):
+        g.check_input_size((100, 100))
+    with pytest.raises(ValueError, match=r"invalid input_size=.*two integers \(H, W\), each >= 8"):
+        g.check_input_size("224")
+    with pytest.raises(ValueError, match=r"invalid input_size=\(224,\)"):
+        g.check_input_size((224,))
+    # the published SINet's pool-4 branches need H/8 divisible by 4: 224 -> 28 yes, 96 -> 12 yes, 80 -> 10 no
+    with pytest.raises(ValueError, match=r"branches\[1\]: invalid pool=4; allowed: factors of the 10x10"):
+        g.check_input_size((80, 80))
+    with pytest.raises(ValueError, match=r"input_size is a fidelity, not a genotype field"):
+        get_genotype("sinet", input_size=(224, 224))
+    c3 = get_genotype("extremec3net")
+    assert c3.check_input_size((64, 64)) == (64, 64)
+    with pytest.raises(ValueError, match=r"C3Genotype: invalid input_size=\(66, 66\); allowed: multiples of 4"):
+        c3.check_input_size((66, 66))
+    with pytest.raises(ValueError, match=r"input size 66x66 not allowed by this genotype"):
+        create_model(c3)(torch.zeros(1, 3, 66, 66))
 
 
 def test_flat_params_are_scalars() -> None:
@@ -68,7 +94,6 @@ def test_flat_params_are_scalars() -> None:
             r"stages\[0\]\.modules\[0\]: invalid residual=True",
         ),
         (lambda d: d["stages"][1]["modules"][0]["branches"][0].update(kernel=4), r"invalid kernel=4; allowed: odd"),
-        (lambda d: d.update(input_size=[100, 100]), r"invalid input_size=\(100, 100\); allowed: multiples of 8"),
         (lambda d: d["stages"][0].update(colour=1), r"unknown key\(s\) \['colour'\] for SINetStage"),
         (lambda d: d.update(family="unet"), r"invalid family='unet'"),
         (lambda d: d.update(num_classes=0), r"invalid num_classes=0"),
@@ -77,8 +102,8 @@ def test_flat_params_are_scalars() -> None:
 def test_invalid_sinet_genotypes_name_module_field_and_allowed(mutate, match) -> None:
     d = get_genotype("sinet").to_dict()
     mutate(d)
-    with pytest.raises(ValueError, match=match):
-        genotype_from_dict(d)
+    with pytest.raises(ValueError, match=match):  # invalid at any size, or at the papers' 224 x 224
+        genotype_from_dict(d).check_input_size((224, 224))
 
 
 @pytest.mark.parametrize(
@@ -121,7 +146,7 @@ SIZES = st.sampled_from([(32, 32), (64, 32), (64, 96)])
 
 
 @st.composite
-def sinet_genotypes(draw) -> SINetGenotype:
+def sinet_genotypes(draw) -> tuple[SINetGenotype, tuple[int, int]]:
     h, w = draw(SIZES)
     stages = []
     for si, stride in enumerate((4, 8)):
@@ -150,13 +175,12 @@ def sinet_genotypes(draw) -> SINetGenotype:
         stem_channels=8,
         decoder=draw(st.sampled_from(["information_blocking", "skip", "none"])),
         num_classes=draw(st.sampled_from([1, 2, 3])),
-        input_size=(h, w),
         encoder_only=draw(st.booleans()),
-    )
+    ), (h, w)
 
 
 @st.composite
-def c3_genotypes(draw) -> C3Genotype:
+def c3_genotypes(draw) -> tuple[C3Genotype, tuple[int, int]]:
     h, w = draw(SIZES)
 
     def module(residual: bool, stride: int = 1) -> C3ModuleSpec:
@@ -189,19 +213,19 @@ def c3_genotypes(draw) -> C3Genotype:
         detail_branch=decoder == "coarse_fine" and draw(st.booleans()),
         detail_module=module(True),
         num_classes=draw(st.sampled_from([1, 2])),
-        input_size=(h, w),
         encoder_only=draw(st.booleans()),
-    )
+    ), (h, w)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(g=st.one_of(sinet_genotypes(), c3_genotypes()))
-def test_random_valid_genotypes_build_run_and_round_trip(g) -> None:
+@given(gs=st.one_of(sinet_genotypes(), c3_genotypes()))
+def test_random_valid_genotypes_build_run_and_round_trip(gs) -> None:
+    g, (h, w) = gs
     assert genotype_from_dict(yaml.safe_load(g.to_yaml())) == g
+    assert g.check_input_size((h, w)) == (h, w)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GateWarning)
         model = create_model(g)
-    h, w = g.input_size
     y = model(torch.randn(2, 3, h, w))  # batch 2: BN needs >1 value per channel at 1x1 maps
     s = model.output_stride
     assert y.shape == (2, g.num_classes, h // s, w // s)
@@ -209,13 +233,13 @@ def test_random_valid_genotypes_build_run_and_round_trip(g) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(g=sinet_genotypes(), si=st.integers(0, 1), pool=st.integers(3, 16))
-def test_random_bad_pool_factors_are_rejected_before_building(g, si, pool) -> None:
-    h, w = g.input_size
+@given(gs=sinet_genotypes(), si=st.integers(0, 1), pool=st.integers(3, 16))
+def test_random_bad_pool_factors_are_rejected_before_building(gs, si, pool) -> None:
+    g, (h, w) = gs
     f = h // (4 * 2**si)
     if f % pool == 0 and (w // (4 * 2**si)) % pool == 0:
         return
     d = g.to_dict()
     d["stages"][si]["modules"][0]["branches"][0]["pool"] = pool
     with pytest.raises(ValueError, match=rf"stages\[{si}\]\.modules\[0\]\.branches\[0\]: invalid pool={pool}"):
-        genotype_from_dict(d)
+        genotype_from_dict(d).check_input_size((h, w))

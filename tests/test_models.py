@@ -16,7 +16,7 @@ def test_forward_backward_shapes(name: str, classes: int) -> None:
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GateWarning)
-        model = create_model(name, num_classes=classes, input_size=(64, 96))
+        model = create_model(name, num_classes=classes)
     x = torch.randn(2, 3, 64, 96)
     y = model(x)
     s = model.output_stride
@@ -46,7 +46,7 @@ def _gate_grad(classes: int) -> tuple[torch.Tensor, float]:
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GateWarning)
-        model = create_model("sinet", num_classes=classes, input_size=(64, 64))
+        model = create_model("sinet", num_classes=classes)
     x = torch.randn(2, 3, 64, 64)
     captured = {}
     dec = model.decoder

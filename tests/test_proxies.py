@@ -81,7 +81,7 @@ def test_every_proxy_scores_sinet_in_seconds() -> None:
     from search_spaces import create_model, get_genotype
 
     torch.manual_seed(0)
-    model = create_model(get_genotype("sinet", input_size=(64, 64)))
+    model = create_model(get_genotype("sinet"))
     x, y = torch.randn(4, 3, 64, 64), (torch.rand(4, 64, 64) > 0.5).long()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     out = score_proxies(model, x, y)

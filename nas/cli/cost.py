@@ -29,9 +29,8 @@ def main(cfg: DictConfig) -> None:
         for n in list_models():
             print(f"{n:<24} {model_info(n)['doc']}")
         return
-    overrides = {"num_classes": cfg.num_classes, "input_size": cfg.input_size}
-    model = create_model(str(cfg.model), **overrides)
-    size = tuple(model.genotype.input_size)
+    model = create_model(str(cfg.model), num_classes=cfg.num_classes)
+    size = model.genotype.check_input_size(tuple(cfg.input_size))
     rep = cost_report(
         model, size, fvcore=cfg.fvcore, ptflops=cfg.ptflops, latency=cfg.latency, threads=cfg.latency_threads
     ).as_dict()
