@@ -11,6 +11,8 @@ and an unknown key or a value of the wrong type fails at composition, naming the
 - :class:`TrainConfig`: the ``train`` node (the release's recipe, REFERENCE.md "Training recipe
   of the release"; the fidelity knobs ``epochs``, ``input_size``, ``train_fraction``).
 - :class:`SearchSettings`: the ``study`` node of ``nas-search``.
+- :class:`FidelitySettings`: the ``study`` node of ``nas-fidelity``.
+- :class:`SINetSpaceConfig`, :class:`C3SpaceConfig`: the ``space`` node (the search spaces' defaults).
 
 :func:`merge_layers` is the one path from nested overrides (a fidelity rung, an ablation
 variant, a command line) to a validated dataclass: OmegaConf merges them onto the schema and
@@ -30,8 +32,11 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationEr
 
 from nas.objectives import BUDGET_KEYS, default_reference_point
 
-__all__ = ["AugmentConfig", "MODES", "SCHEDULERS", "SELECTIONS", "SearchSettings", "TrainConfig", "merge_layers",
-           "register_configs", "study_settings_from", "train_settings_from"]
+__all__ = [
+    "AugmentConfig", "C3SpaceConfig", "FidelitySettings", "MODES", "SCHEDULERS", "SELECTIONS", "SINetSpaceConfig",
+    "SearchSettings", "TrainConfig", "fidelity_settings_from", "merge_layers", "register_configs",
+    "study_settings_from", "train_settings_from",
+]
 
 T = TypeVar("T")
 
@@ -354,6 +359,113 @@ class SearchSettings:
         self.rungs = tuple(self.rungs)
 
 
+@dataclass
+class FidelitySettings:
+    """The ``study`` config node of ``nas-fidelity`` (schema ``schema/fidelity_study``).
+
+    Attributes:
+        name: study name: results file stem, Optuna study ``fidelity-<name>``.
+        n_archs: architectures in the study (published ones included).
+        include: registered networks added when they are points of the space.
+        sample_seed / candidates: random genotypes drawn (seeded) before picking
+            ``n_archs`` spread evenly over the parameter range.
+        rungs: trained rungs, cheapest first; the last is the top rung.
+        seeds: training (and initialisation) seeds of every cell.
+        proxies: zero-cost proxies (:data:`nas.proxies.PROXIES`); [] for none.
+        proxy_batch / proxy_input_size: the fixed batch of real training images.
+        budgets: hard limits (``params``, ``conv_macs`` at ``cost_input_size``).
+        storage: Optuna storage shared by the workers.
+        results_dir: where ``<name>.{md,csv,tex,json,png,html}`` go.
+    """
+
+    name: str = "sinet-fidelity"
+    n_archs: int = 12
+    include: tuple[str, ...] = ("sinet",)
+    sample_seed: int = 0
+    candidates: int = 150
+    rungs: tuple[str, ...] = ("search_half", "search", "session")
+    seeds: tuple[int, ...] = (0, 1)
+    proxies: tuple[str, ...] = ("synflow", "naswot", "snip", "grad_norm", "zico", "meco")
+    proxy_batch: int = 16
+    proxy_input_size: tuple[int, int] = (96, 96)
+    budgets: dict[str, float | None] = field(default_factory=lambda: {"params": 100_000, "conv_macs": 100_000_000})
+    cost_input_size: tuple[int, int] = (224, 224)
+    storage: str = "sqlite:///nas_studies.db"
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+    max_retry: int = 2
+    bootstrap: int = 2000
+    max_seconds_per_arch: float = 60.0
+    min_tau: float = 0.6
+    results_dir: str = "experiments/results/fidelity"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"fidelity.name={self.name!r}; allowed: a non-empty string")
+        if not isinstance(self.n_archs, int) or self.n_archs < 2:
+            raise ValueError(f"fidelity.n_archs={self.n_archs!r}; allowed: an integer >= 2")
+        if not self.rungs or len(set(self.rungs)) != len(self.rungs):
+            raise ValueError(f"fidelity.rungs={list(self.rungs)}; allowed: distinct names of nas/conf/fidelity/ files, "
+                             "cheapest first")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"fidelity.seeds={list(self.seeds)}; allowed: distinct integers, at least one")
+        from nas.proxies import PROXIES  # torch: imported when settings are built, not when the schema is
+        from nas.rungs import load_rung
+
+        for r in self.rungs:
+            load_rung(r)  # FileNotFoundError naming the rung and the shipped ones
+
+        bad = sorted(set(self.proxies) - set(PROXIES))
+        if bad:
+            raise ValueError(f"fidelity.proxies has unknown name(s) {bad}; known: {sorted(PROXIES)}")
+        if self.proxies and self.proxy_batch < 2:
+            raise ValueError(f"fidelity.proxy_batch={self.proxy_batch}; allowed: >= 2 (ZiCo needs two sub-batches)")
+        bad = sorted(set(self.budgets) - set(BUDGET_KEYS))
+        if bad:
+            raise ValueError(f"fidelity.budgets has unknown key(s) {bad}; allowed: {', '.join(BUDGET_KEYS)}")
+        self.rungs, self.seeds, self.proxies = tuple(self.rungs), tuple(int(s) for s in self.seeds), tuple(self.proxies)
+        self.include = tuple(self.include)
+        self.proxy_input_size = (int(self.proxy_input_size[0]), int(self.proxy_input_size[1]))
+        self.cost_input_size = (int(self.cost_input_size[0]), int(self.cost_input_size[1]))
+
+    @property
+    def top(self) -> str:
+        return self.rungs[-1]
+
+
+@dataclass(frozen=True)
+class SINetSpaceConfig:
+    """The ``space=sinet`` node: the defaults of :class:`search_spaces.spaces.SINetSpace` (written here
+    only; the class's signature reads them). Per S2-block branch kernel x dilation x pool, module
+    counts, widths and decoder gating; the published SINet is one point (tests/test_spaces.py)."""
+
+    _target_: str = "search_spaces.spaces.SINetSpace"
+    base: str = "sinet"                          # genotype for everything not searched (stem, down channels, SE)
+    kernels: tuple[int, ...] = (3, 5, 7)         # depthwise kernel of every S2 block branch
+    dilations: tuple[int, ...] = (1, 2, 4)       # receptive-field widening by dilation ...
+    pools: tuple[int, ...] = (1, 2, 4)           # ... and/or by average pooling (spatial squeeze)
+    branches: int = 2                            # S2 blocks per S2 module (the paper: 2)
+    modules_per_stage: Any = ((1, 2, 3), (4, 6, 8))     # stage 1/4, stage 1/8 (published: 2, 8)
+    widths: Any = ((32, 48, 64), (64, 96, 128))         # published: 48, 96
+    decoders: tuple[str, ...] = ("information_blocking", "skip", "none")
+
+
+@dataclass(frozen=True)
+class C3SpaceConfig:
+    """The ``space=extremec3net`` node: the defaults of :class:`search_spaces.spaces.C3Space` (written
+    here only). Branch count and dilations of every advanced C3 module, the concentration stage and
+    the detail branch; the published ExtremeC3Net is one point."""
+
+    _target_: str = "search_spaces.spaces.C3Space"
+    base: str = "extremec3net"
+    branches: tuple[int, ...] = (2, 3, 4)                # C3 blocks per advanced C3 module (published: 3)
+    dilations: tuple[int, ...] = (1, 2, 3, 4, 5, 8)      # per branch, sorted within a module
+    modules_per_stage: Any = ((2, 3), (4, 6))            # entry module included (published: 2, 6)
+    widths: Any = ((48,), (56,))
+    concentration: tuple[bool, ...] = (True, False)      # False = the naive depthwise dilated conv
+    detail_branch: tuple[bool, ...] = (True, False)
+
+
 def _drop_none(d: Mapping[str, Any]) -> dict[str, Any]:
     """``d`` without its ``None`` values, recursively (an unset override changes nothing)."""
     return {k: _drop_none(v) if isinstance(v, Mapping) else v for k, v in d.items() if v is not None}
@@ -399,13 +511,19 @@ def train_settings_from(node: Mapping[str, Any] | DictConfig) -> TrainConfig:
     return merge_layers(TrainConfig(), node, where="train")
 
 
+def fidelity_settings_from(node: Mapping[str, Any] | DictConfig) -> FidelitySettings:
+    """The ``study`` node of ``nas-fidelity`` as :class:`FidelitySettings` (raises ``ValueError``)."""
+    return merge_layers(FidelitySettings, node, where="study")
+
+
 def study_settings_from(node: Mapping[str, Any] | DictConfig) -> SearchSettings:
     """The ``study`` node of ``nas-search`` as :class:`SearchSettings` (raises ``ValueError``)."""
     return merge_layers(SearchSettings, node, where="study")
 
 
 def register_configs() -> None:
-    """Register the schemas in Hydra's ConfigStore (group ``schema``: ``train``, ``study``).
+    """Register the schemas in Hydra's ConfigStore (group ``schema``: ``train``, ``study``,
+    ``fidelity_study``, ``space/sinet``, ``space/extremec3net``).
 
     Idempotent; called by every console script and by the tests before composing."""
     from hydra.core.config_store import ConfigStore
@@ -413,6 +531,9 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(group="schema", name="train", node=_writable(TrainConfig))
     cs.store(group="schema", name="study", node=_writable(SearchSettings))
+    cs.store(group="schema", name="fidelity_study", node=_writable(FidelitySettings))
+    cs.store(group="schema/space", name="sinet", node=_writable(SINetSpaceConfig))
+    cs.store(group="schema/space", name="extremec3net", node=_writable(C3SpaceConfig))
 
 
 def _writable(obj: Any) -> DictConfig:

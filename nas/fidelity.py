@@ -32,16 +32,16 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from nas.config import FidelitySettings
 from nas.cost import genotype_cost
-from nas.objectives import BUDGET_KEYS
-from nas.rungs import load_rung, rung_config
+from nas.rungs import rung_config
 from nas.storage import Heartbeat as _Heartbeat
 from nas.storage import check_storage, engine_url, slot_lock
 from nas.tracking import FINISHED, Tracker, TrainingRun, close_runs_of_failed_trials, training_run
@@ -79,78 +79,6 @@ def cell_train_identity(cfg: TrainConfig) -> dict[str, Any]:
     if d.get("schedule") == "single_stage":
         d.pop("stage1_handoff", None)
     return {k: v for k, v in d.items() if k not in _EXECUTION_KEYS and not (k in _NEUTRAL and v == _NEUTRAL[k])}
-
-
-@dataclass
-class FidelitySettings:
-    """The ``fidelity`` config node of ``nas-fidelity``.
-
-    Attributes:
-        name: study name: results file stem, Optuna study ``fidelity-<name>``.
-        n_archs: architectures in the study (published ones included).
-        include: registered networks added when they are points of the space.
-        sample_seed / candidates: random genotypes drawn (seeded) before picking
-            ``n_archs`` spread evenly over the parameter range.
-        rungs: trained rungs, cheapest first; the last is the top rung.
-        seeds: training (and initialisation) seeds of every cell.
-        proxies: zero-cost proxies (:data:`nas.proxies.PROXIES`); [] for none.
-        proxy_batch / proxy_input_size: the fixed batch of real training images.
-        budgets: hard limits (``params``, ``conv_macs`` at ``cost_input_size``).
-        storage: Optuna storage shared by the workers.
-        results_dir: where ``<name>.{md,csv,tex,json,png,html}`` go.
-    """
-
-    name: str = "sinet-fidelity"
-    n_archs: int = 12
-    include: Sequence[str] = ("sinet",)
-    sample_seed: int = 0
-    candidates: int = 150
-    rungs: Sequence[str] = ("search_half", "search", "session")
-    seeds: Sequence[int] = (0, 1)
-    proxies: Sequence[str] = ("synflow", "naswot", "snip", "grad_norm", "zico", "meco")
-    proxy_batch: int = 16
-    proxy_input_size: tuple[int, int] = (96, 96)
-    budgets: dict[str, float | None] = field(default_factory=lambda: {"params": 100_000, "conv_macs": 100_000_000})
-    cost_input_size: tuple[int, int] = (224, 224)
-    storage: str = "sqlite:///nas_studies.db"
-    heartbeat_interval: int = 10
-    grace_period: int = 60
-    max_retry: int = 2
-    bootstrap: int = 2000
-    max_seconds_per_arch: float = 60.0
-    min_tau: float = 0.6
-    results_dir: str = "experiments/results/fidelity"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"fidelity.name={self.name!r}; allowed: a non-empty string")
-        if not isinstance(self.n_archs, int) or self.n_archs < 2:
-            raise ValueError(f"fidelity.n_archs={self.n_archs!r}; allowed: an integer >= 2")
-        if not self.rungs or len(set(self.rungs)) != len(self.rungs):
-            raise ValueError(f"fidelity.rungs={list(self.rungs)}; allowed: distinct names of nas/conf/fidelity/ files, "
-                             "cheapest first")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"fidelity.seeds={list(self.seeds)}; allowed: distinct integers, at least one")
-        for r in self.rungs:
-            load_rung(r)  # FileNotFoundError naming the rung and the shipped ones
-        from nas.proxies import PROXIES
-
-        bad = sorted(set(self.proxies) - set(PROXIES))
-        if bad:
-            raise ValueError(f"fidelity.proxies has unknown name(s) {bad}; known: {sorted(PROXIES)}")
-        if self.proxies and self.proxy_batch < 2:
-            raise ValueError(f"fidelity.proxy_batch={self.proxy_batch}; allowed: >= 2 (ZiCo needs two sub-batches)")
-        bad = sorted(set(self.budgets) - set(BUDGET_KEYS))
-        if bad:
-            raise ValueError(f"fidelity.budgets has unknown key(s) {bad}; allowed: {', '.join(BUDGET_KEYS)}")
-        self.rungs, self.seeds, self.proxies = tuple(self.rungs), tuple(int(s) for s in self.seeds), tuple(self.proxies)
-        self.include = tuple(self.include)
-        self.proxy_input_size = (int(self.proxy_input_size[0]), int(self.proxy_input_size[1]))
-        self.cost_input_size = (int(self.cost_input_size[0]), int(self.cost_input_size[1]))
-
-    @property
-    def top(self) -> str:
-        return self.rungs[-1]
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,21 @@ class RungLadder:
     confirm_index: int | None
     seed: int
 
+    def fidelity_json(self) -> str:
+        """The training fidelity as canonical JSON: one rung's ``TrainConfig.fidelity()``, or
+        ``{rung name: fidelity}`` for several (the study's ``fidelity`` attribute)."""
+        import json
+
+        if len(self.names) == 1:
+            return json.dumps(self.cfgs[0].fidelity(), sort_keys=True)
+        return json.dumps({n: c.fidelity() for n, c in zip(self.names, self.cfgs)}, sort_keys=True)
+
+    def schedule(self) -> dict[str, Any]:
+        """How to rebuild the schedule from storage (the study's ``schedule`` attribute, read by
+        :func:`nas.points.stored_front` and ``nas-pareto``)."""
+        return {"rung_names": self.names, "n_sched": self.n_sched, "seed": self.seed,
+                "confirm_index": self.confirm_index}
+
 
 def build_ladder(base: Any, rungs: list[str], confirm_rung: str | None = None, *, seed: int = 0,
                  base_is_rung0: bool = False) -> RungLadder:

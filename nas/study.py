@@ -31,8 +31,6 @@ import contextlib
 import copy
 import json
 import logging
-import os
-import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -54,7 +52,6 @@ from nas.storage import (
     check_storage,
     count_slots,
     engine_url,
-    pid_alive,
     redact,
     retry_storage,
     slot_lock,
@@ -67,6 +64,7 @@ from nas.tracking import (
     TrainingRun,
     close_runs_of_failed_trials,
     result_metrics,
+    start_worker_run,
     training_run,
 )
 from nas.train import DataBundle, TrainConfig, train_genotype
@@ -139,6 +137,53 @@ def open_study(
     return study, storage, ledger
 
 
+# -- the worker's parts ------------------------------------------------------------------------
+
+
+class DataCache:
+    """Loaded data per data fidelity (input size, fraction, holdout, seed), loaded on first use.
+
+    Args:
+        load: ``TrainConfig -> DataBundle`` (None: only what :meth:`put` stored is returned).
+    """
+
+    KEYS = ("input_size", "train_fraction", "holdout_fraction", "selection", "seed", "drop_split_duplicates")
+
+    def __init__(self, load: Callable[[TrainConfig], DataBundle] | None):
+        self.load, self._data = load, {}
+
+    def _key(self, cfg: TrainConfig) -> str:
+        return json.dumps({k: getattr(cfg, k) for k in self.KEYS}, sort_keys=True, default=list)
+
+    def put(self, cfg: TrainConfig, data: DataBundle) -> None:
+        self._data[self._key(cfg)] = data
+
+    def get(self, cfg: TrainConfig) -> DataBundle | None:
+        key = self._key(cfg)
+        if key not in self._data and self.load is not None:
+            self._data[key] = self.load(cfg)
+        return self._data.get(key)
+
+
+def requeue_interrupted(study: optuna.Study, trial: optuna.Trial, retry: RetryHeartbeatStaleTrialCallback,
+                        run: TrainingRun | None) -> None:
+    """After Ctrl-C: tell ``trial`` FAIL and queue its retry, so its slot runs again on resume.
+
+    A trial already finished (Ctrl-C came just after its tell) keeps its state, and its run
+    is tagged COMPLETE. The retry copies the user attributes, but not this error nor the run id.
+    """
+    with contextlib.suppress(Exception):
+        trial.set_user_attr("error", "interrupted (Ctrl-C)")
+    frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    if frozen.user_attrs.get("error") == "interrupted (Ctrl-C)":  # failed here, not already retried
+        frozen = copy.copy(frozen)
+        frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("error", "mlflow_run_id")}
+        retry(study, frozen)
+    if run and frozen.state == TrialState.COMPLETE:
+        with contextlib.suppress(Exception):
+            run.set_tags({"state": "COMPLETE"})
+
+
 # -- the worker ---------------------------------------------------------------------------------
 
 
@@ -181,7 +226,7 @@ class StudyWorker:
         self.study, self.storage, self.ledger = self._db(open_study, settings, sampler, pruner, what="opening")
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry)
         self.progress = progress
-        self.train_fn, self.load_data_fn = train_fn, load_data_fn  # None: nas.study.train_genotype at call time
+        self.train_fn = train_fn  # None: nas.study.train_genotype at call time
         self.parent_run: str | None = None
         self._closed: set[str] = set()
         self.timing = {"infeasible_s": 0.0, "trained_s": 0.0, "failed_s": 0.0}
@@ -190,24 +235,18 @@ class StudyWorker:
                                    base_is_rung0=settings.scheduler != "mo_asha")
         self.scheduler = Scheduler(settings, self.study, self.ledger, self.storage, self.ladder, space,
                                    on_trials=self._close_orphan_runs)
-        self._data: dict[str, DataBundle] = {}
+        self.data = DataCache(load_data_fn)
         if data is not None:
-            self._data[self._data_key(train_cfg)] = data
-        lad = self.ladder
-        fid = json.dumps({n: c.fidelity() for n, c in zip(lad.names, lad.cfgs)} if len(lad.names) > 1
-                         else train_cfg.fidelity(), sort_keys=True)
+            self.data.put(train_cfg, data)
+        fid = self.ladder.fidelity_json()
         attrs = self._db(lambda: self.study.user_attrs, what="reading the study")
-        if attrs.get("fidelity") is None:
-            self._db(self.study.set_user_attr, "fidelity", fid)
-        elif attrs["fidelity"] != fid:
+        if attrs.get("fidelity") not in (None, fid):
             log.warning("study %s was run at fidelity %s; this worker trains at %s", settings.name, attrs["fidelity"],
                         fid)
-        if attrs.get("started_at") is None:
-            self._db(self.study.set_user_attr, "started_at", time.time())
-        self._db(self.study.set_user_attr, "scheduler", settings.scheduler)
-        # how to rebuild the front from storage (nas-pareto, nas.points.stored_front)
-        self._db(self.study.set_user_attr, "schedule", {"rung_names": lad.names, "n_sched": lad.n_sched,
-                                                        "seed": lad.seed, "confirm_index": lad.confirm_index})
+        new = {"fidelity": fid, "started_at": time.time()}
+        for k, v in {**{k: v for k, v in new.items() if attrs.get(k) is None}, "scheduler": settings.scheduler,
+                     "schedule": self.ladder.schedule()}.items():
+            self._db(self.study.set_user_attr, k, v)
 
     @property
     def stopped(self) -> str | None:
@@ -218,47 +257,14 @@ class StudyWorker:
         """A storage call, retried while the storage is unreachable (``study.storage_retry_s``)."""
         return retry_storage(fn, *args, retry_s=self.s.storage_retry_s, what=what, **kwargs)
 
-    @staticmethod
-    def _data_key(cfg: TrainConfig) -> str:
-        keys = ("input_size", "train_fraction", "holdout_fraction", "selection", "seed", "drop_split_duplicates")
-        return json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True, default=list)
-
-    def _data_for(self, cfg: TrainConfig) -> DataBundle | None:
-        key = self._data_key(cfg)
-        if key not in self._data and self.load_data_fn is not None:
-            self._data[key] = self.load_data_fn(cfg)
-        return self._data.get(key)
-
     # -- tracking helpers ------------------------------------------------------------------------
     def _start_parent(self) -> None:
-        if not self.tracker:
-            return
-        host, pid = socket.gethostname(), os.getpid()
-        for r in self.tracker.runs(
-            f"tags.study = '{self.s.name}' and tags.role = 'worker' and attributes.status = 'RUNNING'"
-        ):
-            if r.data.tags.get("host") == host and not pid_alive(int(r.data.tags.get("pid", "0"))):
-                self.tracker.end_run(r.info.run_id, KILLED)  # a worker killed before it could close its run
-        self.parent_run = self.tracker.start_run(
-            f"{self.s.name}-worker-{host}-{pid}",
-            tags={"study": self.s.name, "role": "worker", "host": host, "pid": pid, "mode": self.s.mode,
-                  "scheduler": self.s.scheduler},
-        )
-        self.tracker.log_params(
-            self.parent_run,
-            {
-                "mode": self.s.mode,
-                "scheduler": self.s.scheduler,
-                "n_trials": self.s.n_trials,
-                "storage": redact(self.s.storage),
-                "space": type(self.space).__name__,
-                "rungs": ",".join(self.ladder.names[: self.ladder.n_sched]),
-                "eta": self.s.eta,
-                "confirm_seeds": self.s.confirm_seeds,
-                **{f"budget.{k}": v for k, v in self.s.budgets.items()},
-                **{f"fidelity.{k}": v for k, v in self.ladder.cfgs[0].fidelity().items()},
-            },
-        )
+        s = self.s
+        params = {"mode": s.mode, "scheduler": s.scheduler, "n_trials": s.n_trials, "storage": redact(s.storage),
+                  "space": type(self.space).__name__, "rungs": ",".join(self.ladder.names[: self.ladder.n_sched]),
+                  "eta": s.eta, "confirm_seeds": s.confirm_seeds, **{f"budget.{k}": v for k, v in s.budgets.items()},
+                  **{f"fidelity.{k}": v for k, v in self.ladder.cfgs[0].fidelity().items()}}
+        self.parent_run = start_worker_run(self.tracker, s.name, {"mode": s.mode, "scheduler": s.scheduler}, params)
 
     def _close_orphan_runs(self, trials: Sequence[FrozenTrial]) -> int:
         """Close MLflow runs of trials that ended FAIL while their run stayed RUNNING."""
@@ -313,7 +319,7 @@ class StudyWorker:
                     raise optuna.TrialPruned(f"pruned at epoch {rec.global_epoch}")
 
         train = self.train_fn or train_genotype
-        return train(g, cfg, self._data_for(cfg), on_epoch=on_epoch)
+        return train(g, cfg, self.data.get(cfg), on_epoch=on_epoch)
 
     def _run_ledger(self, job: Job) -> None:
         """Train a promotion or confirmation; tell its ledger trial (FAIL on error, the run goes on)."""
@@ -368,17 +374,7 @@ class StudyWorker:
                         run.close(FINISHED, "PRUNED")
                         kind = "trained_s"
         except KeyboardInterrupt:  # the run is closed KILLED by training_run
-            with contextlib.suppress(Exception):
-                trial.set_user_attr("error", "interrupted (Ctrl-C)")
-            frozen = self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            if frozen.user_attrs.get("error") == "interrupted (Ctrl-C)":  # failed here, not already retried
-                # its slot is run again on resume; the retry copies the user attributes: not this error, nor the run
-                frozen = copy.copy(frozen)
-                frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("error", "mlflow_run_id")}
-                self.retry(self.study, frozen)
-            if run and frozen.state == TrialState.COMPLETE:  # Ctrl-C came just after its tell
-                with contextlib.suppress(Exception):
-                    run.set_tags({"state": "COMPLETE"})
+            requeue_interrupted(self.study, trial, self.retry, run)
             raise
         except Exception as exc:  # a failed trial is recorded and the study goes on (its run closed FAILED)
             msg = f"{type(exc).__name__}: {exc}"
@@ -421,16 +417,9 @@ class StudyWorker:
                  "conv_macs": cost.conv_macs, "rung": self.ladder.names[0], "feasible": feasible}
         for k, v in attrs.items():  # "feasible" last: it makes the trial a candidate for the schedule
             self._db(trial.set_user_attr, k, v)
-        tags = {
-            "archid": g.archid(),
-            "family": g.family,
-            "feasible": feasible,
-            "reference": trial.user_attrs.get("reference", ""),
-            "rung": self.ladder.names[0],
-            "seed": self.train_cfg.seed,
-            "kind": "new",
-        }
-        run.set_tags(tags)
+        run.set_tags({"archid": g.archid(), "family": g.family, "feasible": feasible, "kind": "new",
+                      "reference": trial.user_attrs.get("reference", ""), "rung": self.ladder.names[0],
+                      "seed": self.train_cfg.seed})
         run.log_params({f"genotype.{k}": v for k, v in g.flat_params().items()})
         run.log_metrics({"params": cost.params, "conv_macs": cost.conv_macs})
         if not feasible:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ import torch
 from nas._filelock import file_lock
 
 __all__ = ["Tracker", "TrainingRun", "close_runs_of_failed_trials", "default_tracking_uri", "epoch_metrics",
-           "result_metrics", "training_run", "RUNNING", "FINISHED", "FAILED", "KILLED"]
+           "result_metrics", "start_worker_run", "training_run", "RUNNING", "FINISHED", "FAILED", "KILLED"]
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 _MAX_PARAM_LEN = 6000
@@ -172,6 +173,27 @@ class Tracker:
                 self.end_run(rid, status)
                 n += 1
         return n
+
+
+def start_worker_run(tracker: Tracker | None, study: str, tags: Mapping[str, Any],
+                     params: Mapping[str, Any]) -> str | None:
+    """Open the MLflow parent run of one study worker (``<study>-worker-<host>-<pid>``) and return its id.
+
+    Runs of this study's workers left RUNNING on this host by a process that no longer exists
+    (killed before it could close them) are closed KILLED first. ``None`` without a tracker.
+    """
+    if not tracker:
+        return None
+    from nas.storage import pid_alive
+
+    host, pid = socket.gethostname(), os.getpid()
+    for r in tracker.runs(f"tags.study = '{study}' and tags.role = 'worker' and attributes.status = 'RUNNING'"):
+        if r.data.tags.get("host") == host and not pid_alive(int(r.data.tags.get("pid", "0"))):
+            tracker.end_run(r.info.run_id, KILLED)
+    run_id = tracker.start_run(f"{study}-worker-{host}-{pid}",
+                               tags={"study": study, "role": "worker", "host": host, "pid": pid, **tags})
+    tracker.log_params(run_id, params)
+    return run_id
 
 
 def close_runs_of_failed_trials(tracker: Tracker | None, trials: Iterable[Any], seen: set[str],

@@ -24,6 +24,8 @@ from __future__ import annotations
 import abc
 from typing import Any, Sequence
 
+from nas.config import C3SpaceConfig, SINetSpaceConfig
+
 from .genotype import BranchSpec, C3Genotype, C3ModuleSpec, C3Stage, Genotype, S2ModuleSpec, SINetGenotype, SINetStage
 from .registry import get_genotype
 
@@ -43,6 +45,10 @@ def _put(out: dict[str, Any], name: str, value: Any, choices: Sequence[Any]) -> 
         raise ValueError(f"{name}={value!r} is not in the space; candidates: {choices}")
     if len(choices) > 1:
         out[name] = value
+
+
+# The defaults of the spaces' arguments are written once, in nas/config.py (also the YAML schema).
+_SINET, _C3 = SINetSpaceConfig(), C3SpaceConfig()
 
 
 class SearchSpace(abc.ABC):
@@ -129,14 +135,14 @@ class SINetSpace(SearchSpace):
 
     def __init__(
         self,
-        base: str | Genotype = "sinet",
-        kernels: Sequence[int] = (3, 5, 7),
-        dilations: Sequence[int] = (1, 2, 4),
-        pools: Sequence[int] = (1, 2, 4),
-        branches: int = 2,
-        modules_per_stage: Sequence[Sequence[int]] = ((1, 2, 3), (4, 6, 8)),
-        widths: Sequence[Sequence[int]] = ((32, 48, 64), (64, 96, 128)),
-        decoders: Sequence[str] = ("information_blocking", "skip", "none"),
+        base: str | Genotype = _SINET.base,
+        kernels: Sequence[int] = _SINET.kernels,
+        dilations: Sequence[int] = _SINET.dilations,
+        pools: Sequence[int] = _SINET.pools,
+        branches: int = _SINET.branches,
+        modules_per_stage: Sequence[Sequence[int]] = _SINET.modules_per_stage,
+        widths: Sequence[Sequence[int]] = _SINET.widths,
+        decoders: Sequence[str] = _SINET.decoders,
         num_classes: int = 2,
         input_size: Sequence[int] = (224, 224),
     ):
@@ -212,13 +218,13 @@ class C3Space(SearchSpace):
 
     def __init__(
         self,
-        base: str | Genotype = "extremec3net",
-        branches: Sequence[int] = (2, 3, 4),
-        dilations: Sequence[int] = (1, 2, 3, 4, 5, 8),
-        modules_per_stage: Sequence[Sequence[int]] = ((2, 3), (4, 6)),
-        widths: Sequence[Sequence[int]] = ((48,), (56,)),
-        concentration: Sequence[bool] = (True, False),
-        detail_branch: Sequence[bool] = (True, False),
+        base: str | Genotype = _C3.base,
+        branches: Sequence[int] = _C3.branches,
+        dilations: Sequence[int] = _C3.dilations,
+        modules_per_stage: Sequence[Sequence[int]] = _C3.modules_per_stage,
+        widths: Sequence[Sequence[int]] = _C3.widths,
+        concentration: Sequence[bool] = _C3.concentration,
+        detail_branch: Sequence[bool] = _C3.detail_branch,
         num_classes: int = 2,
         input_size: Sequence[int] = (224, 224),
     ):

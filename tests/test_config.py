@@ -38,6 +38,11 @@ def test_every_primary_config_composes_and_converts(name: str) -> None:
         assert OmegaConf.get_type(cfg.study) is SearchSettings
         s = study_settings_from(cfg.study)
         assert (s.name, s.n_trials, s.enqueue, s.rungs) == ("sinet-pareto", 32, ["sinet"], ("search_half", "search"))
+    if name == "fidelity_study":
+        from nas.config import FidelitySettings, fidelity_settings_from
+
+        assert OmegaConf.get_type(cfg.study) is FidelitySettings
+        assert fidelity_settings_from(cfg.study) == FidelitySettings()
 
 
 @pytest.mark.parametrize("group, override", [
@@ -92,10 +97,14 @@ def test_experiments_are_found_from_any_working_directory(tmp_path, monkeypatch)
     ("train.augment.colr=1", "train.augment.colr"),
     ("study.budget=1", "study.budget"),
     ("train.epochs=four", "train.epochs"),
+    ("space.kernal=[3]", "space.kernal"),
+    ("fidelity_study:study.n_arch=3", "study.n_arch"),
+    ("fidelity_study:study.seeds=one", "study.seeds"),
 ])
 def test_an_unknown_key_or_bad_type_fails_at_composition(override: str, key: str) -> None:
+    config, _, override = override.rpartition(":")
     with pytest.raises(ConfigCompositionException) as e:
-        compose("search", [override])
+        compose(config or "search", [override])
     assert key.split(".")[-1] in str(e.value) + str(e.value.__cause__)
 
 
@@ -116,6 +125,21 @@ def test_defaults_are_written_once() -> None:
     assert set(release) == {"defaults"}
     assert OmegaConf.to_object(compose("train", ["recipe@train=release"]).train) == \
         TrainConfig(epochs=600, input_size=(224, 224), train_fraction=1.0)
+
+
+def test_space_and_fidelity_study_defaults_are_written_once() -> None:
+    """The space files and the fidelity study's node set no value: the schema (nas/config.py) does,
+    and the spaces' Python defaults are the same objects."""
+    from hydra.utils import instantiate
+
+    from search_spaces.spaces import C3Space, SINetSpace
+
+    for name, cls in (("sinet", SINetSpace), ("extremec3net", C3Space)):
+        assert set(OmegaConf.load(CONF / "space" / f"{name}.yaml")) == {"defaults"}
+        composed, default = instantiate(compose("search", [f"space={name}"]).space), cls()
+        assert vars(composed).keys() == vars(default).keys()
+        assert all(getattr(composed, k) == getattr(default, k) for k in vars(default) if k != "base")
+    assert "study" not in OmegaConf.load(CONF / "fidelity_study.yaml")
 
 
 def test_the_objectives_table_is_the_one_source_of_directions_budgets_and_reference() -> None:

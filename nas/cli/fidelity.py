@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nas.cli._hydra import hydra_app, print_json_line
 
@@ -14,12 +14,12 @@ def run_fidelity(cfg: DictConfig) -> dict:
     """Config -> worker -> cells -> report files (+ MLflow); returns the JSON summary."""
     from hydra.utils import instantiate
 
-    from nas.config import train_settings_from
-    from nas.fidelity import FidelitySettings, FidelityWorker
+    from nas.config import fidelity_settings_from, train_settings_from
+    from nas.fidelity import FidelityWorker
     from nas.fidelity_report import write_fidelity_results
     from nas.tracking import Tracker
 
-    s = FidelitySettings(**OmegaConf.to_container(cfg.study, resolve=True))
+    s = fidelity_settings_from(cfg.study)
     base = train_settings_from(cfg.train)
     space = instantiate(cfg.space).with_fidelity(base.num_classes, s.cost_input_size)
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment) if cfg.tracking.enabled else None
