@@ -10,6 +10,7 @@ superseded by a retry; see :func:`count_slots`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import os
@@ -17,15 +18,22 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from optuna.storages import RDBStorage
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from nas._filelock import file_lock
+from nas.config import SearchSettings
+from nas.objectives import directions, objective_names
+from nas.points import ledger_name
 
-__all__ = ["Heartbeat", "check_storage", "count_slots", "engine_url", "pid_alive", "redact", "retry_storage",
-           "slot_lock"]
+if TYPE_CHECKING:
+    from nas.tracking import TrainingRun
+
+__all__ = ["Heartbeat", "check_storage", "count_slots", "engine_url", "open_study", "pid_alive", "redact",
+           "requeue_interrupted", "retry_storage", "slot_lock", "tell_failed"]
 
 log = logging.getLogger(__name__)
 
@@ -184,3 +192,88 @@ def redact(url: str) -> str:
         cred, host = rest.rsplit("@", 1)
         return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}"
     return url
+
+
+# -- opening a study, telling failures ------------------------------------------------------------
+
+
+def open_study(
+    s: SearchSettings, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner | None = None
+) -> tuple[optuna.Study, RDBStorage, optuna.Study]:
+    """Create or load the study and its ledger ``<name>.rungs`` (``load_if_exists``) on
+    heartbeat-enabled RDB storage. The ledger holds one trial per promotion or confirmation
+    training (see :mod:`nas.points`); the sampler never sees it.
+
+    Raises:
+        ValueError: the stored study has other directions than ``s.mode``.
+        sqlalchemy.exc.OperationalError: the storage cannot be reached.
+    """
+    kwargs: dict[str, Any] = {}
+    check_storage(s.storage)
+    if s.storage.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    else:
+        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
+    dirs = directions(s.mode)
+    # Workers started together on a new database would race to create its tables ("table already exists")
+    with slot_lock(s.storage, "portrait-nas/create-tables"):
+        storage = RDBStorage(
+            engine_url(s.storage),
+            heartbeat_interval=s.heartbeat_interval,
+            grace_period=s.grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=s.max_retry),
+            **kwargs,
+        )
+        study = optuna.create_study(
+            study_name=s.name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner if s.mode == "constrained" else None,
+            directions=dirs,
+            load_if_exists=True,
+        )
+        ledger = optuna.create_study(study_name=ledger_name(s.name), storage=storage, direction="maximize",
+                                     sampler=optuna.samplers.RandomSampler(seed=s.seed), load_if_exists=True)
+    if [d.name.lower() for d in study.directions] != dirs:
+        raise ValueError(
+            f"study {s.name!r} exists with {len(study.directions)} objective(s); "
+            f"study.mode={s.mode} needs {len(dirs)}: use another study.name"
+        )
+    study.set_metric_names(objective_names(s.mode))
+    return study, storage, ledger
+
+
+def tell_failed(study: optuna.Study, trial: optuna.Trial, retry_s: float) -> None:
+    """Tell ``trial`` FAIL (retrying an unreachable storage for ``retry_s`` seconds); a trial whose
+    record the storage lost is logged and left to the schedule.
+
+    A database that acknowledges commits before they are durable (PostgreSQL with
+    ``synchronous_commit=off``) can lose the newest trials in a crash; their jobs are
+    simply scheduled again (a lost candidate leaves its slot open, a lost promotion is
+    promoted again), so the worker goes on instead of dying of ``KeyError``.
+    """
+    try:
+        retry_storage(study.tell, trial, state=TrialState.FAIL, skip_if_finished=True, retry_s=retry_s,
+                      what="telling a failure")
+    except KeyError:
+        log.warning("trial %d of %s was lost by the storage (a crash lost acknowledged writes: is PostgreSQL's "
+                    "synchronous_commit off?); its job is scheduled again", trial.number, study.study_name)
+
+
+def requeue_interrupted(study: optuna.Study, trial: optuna.Trial, retry: RetryHeartbeatStaleTrialCallback,
+                        run: TrainingRun | None) -> None:
+    """After Ctrl-C: tell ``trial`` FAIL and queue its retry, so its slot runs again on resume.
+
+    A trial already finished (Ctrl-C came just after its tell) keeps its state, and its run
+    is tagged COMPLETE. The retry copies the user attributes, but not this error nor the run id.
+    """
+    with contextlib.suppress(Exception):
+        trial.set_user_attr("error", "interrupted (Ctrl-C)")
+    frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    if frozen.user_attrs.get("error") == "interrupted (Ctrl-C)":  # failed here, not already retried
+        frozen = copy.copy(frozen)
+        frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("error", "mlflow_run_id")}
+        retry(study, frozen)
+    if run and frozen.state == TrialState.COMPLETE:
+        with contextlib.suppress(Exception):
+            run.set_tags({"state": "COMPLETE"})

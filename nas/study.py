@@ -28,7 +28,6 @@ was not superseded by a retry. A study is done when its slots reach
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import time
@@ -38,13 +37,12 @@ from dataclasses import replace
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.config import MODES, SearchSettings
 from nas.cost import count_fvcore, genotype_cost, measure_latency
-from nas.objectives import directions, objective_names
-from nas.points import front_of, ledger_name, trained_points
+from nas.points import front_of, trained_points
 from nas.rungs import build_ladder
 from nas.scheduler import Job, Scheduler
 from nas.storage import (
@@ -52,9 +50,12 @@ from nas.storage import (
     check_storage,
     count_slots,
     engine_url,
+    open_study,
     redact,
+    requeue_interrupted,
     retry_storage,
     slot_lock,
+    tell_failed,
 )
 from nas.study_results import write_study_results
 from nas.tracking import (
@@ -91,52 +92,6 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 # -- storage and locking ------------------------------------------------------------------------
 
 
-def open_study(
-    s: SearchSettings, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner | None = None
-) -> tuple[optuna.Study, RDBStorage, optuna.Study]:
-    """Create or load the study and its ledger ``<name>.rungs`` (``load_if_exists``) on
-    heartbeat-enabled RDB storage. The ledger holds one trial per promotion or confirmation
-    training (see :mod:`nas.points`); the sampler never sees it.
-
-    Raises:
-        ValueError: the stored study has other directions than ``s.mode``.
-        sqlalchemy.exc.OperationalError: the storage cannot be reached.
-    """
-    kwargs: dict[str, Any] = {}
-    check_storage(s.storage)
-    if s.storage.startswith("sqlite"):
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    else:
-        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
-    dirs = directions(s.mode)
-    # Workers started together on a new database would race to create its tables ("table already exists")
-    with slot_lock(s.storage, "portrait-nas/create-tables"):
-        storage = RDBStorage(
-            engine_url(s.storage),
-            heartbeat_interval=s.heartbeat_interval,
-            grace_period=s.grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=s.max_retry),
-            **kwargs,
-        )
-        study = optuna.create_study(
-            study_name=s.name,
-            storage=storage,
-            sampler=sampler,
-            pruner=pruner if s.mode == "constrained" else None,
-            directions=dirs,
-            load_if_exists=True,
-        )
-        ledger = optuna.create_study(study_name=ledger_name(s.name), storage=storage, direction="maximize",
-                                     sampler=optuna.samplers.RandomSampler(seed=s.seed), load_if_exists=True)
-    if [d.name.lower() for d in study.directions] != dirs:
-        raise ValueError(
-            f"study {s.name!r} exists with {len(study.directions)} objective(s); "
-            f"study.mode={s.mode} needs {len(dirs)}: use another study.name"
-        )
-    study.set_metric_names(objective_names(s.mode))
-    return study, storage, ledger
-
-
 # -- the worker's parts ------------------------------------------------------------------------
 
 
@@ -163,25 +118,6 @@ class DataCache:
         if key not in self._data and self.load is not None:
             self._data[key] = self.load(cfg)
         return self._data.get(key)
-
-
-def requeue_interrupted(study: optuna.Study, trial: optuna.Trial, retry: RetryHeartbeatStaleTrialCallback,
-                        run: TrainingRun | None) -> None:
-    """After Ctrl-C: tell ``trial`` FAIL and queue its retry, so its slot runs again on resume.
-
-    A trial already finished (Ctrl-C came just after its tell) keeps its state, and its run
-    is tagged COMPLETE. The retry copies the user attributes, but not this error nor the run id.
-    """
-    with contextlib.suppress(Exception):
-        trial.set_user_attr("error", "interrupted (Ctrl-C)")
-    frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-    if frozen.user_attrs.get("error") == "interrupted (Ctrl-C)":  # failed here, not already retried
-        frozen = copy.copy(frozen)
-        frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("error", "mlflow_run_id")}
-        retry(study, frozen)
-    if run and frozen.state == TrialState.COMPLETE:
-        with contextlib.suppress(Exception):
-            run.set_tags({"state": "COMPLETE"})
 
 
 # -- the worker ---------------------------------------------------------------------------------
@@ -352,7 +288,7 @@ class StudyWorker:
                         self.ladder.names[job.rung], job.seed, msg)
             with contextlib.suppress(Exception):
                 trial.set_user_attr("error", msg[:2000])
-            self._tell_failure(self.ledger, trial)
+            tell_failed(self.ledger, trial, self.s.storage_retry_s)
         finally:
             self.timing[kind] += time.perf_counter() - t0
 
@@ -381,26 +317,12 @@ class StudyWorker:
             log.warning("trial %d failed: %s", trial.number, msg)
             with contextlib.suppress(Exception):
                 trial.set_user_attr("error", msg[:2000])
-            self._tell_failure(self.study, trial)
+            tell_failed(self.study, trial, self.s.storage_retry_s)
             if run:
                 with contextlib.suppress(Exception):
                     run.set_tags({"error": msg[:5000]})
         finally:
             self.timing[kind] += time.perf_counter() - t0
-
-    def _tell_failure(self, study: optuna.Study, trial: optuna.Trial) -> None:
-        """Tell ``trial`` FAIL; a trial whose record the storage lost is logged and left to the schedule.
-
-        A database that acknowledges commits before they are durable (PostgreSQL with
-        ``synchronous_commit=off``) can lose the newest trials in a crash; their jobs are
-        simply scheduled again (a lost candidate leaves its slot open, a lost promotion is
-        promoted again), so the worker goes on instead of dying of ``KeyError``.
-        """
-        try:
-            self._db(study.tell, trial, state=TrialState.FAIL, skip_if_finished=True, what="telling a failure")
-        except KeyError:
-            log.warning("trial %d of %s was lost by the storage (a crash lost acknowledged writes: is PostgreSQL's "
-                        "synchronous_commit off?); its job is scheduled again", trial.number, study.study_name)
 
     def _evaluate(self, trial: optuna.Trial, run: TrainingRun) -> str:
         """Suggest, count, check budgets, train at rung 0; tell Optuna. Returns the timing bucket."""
