@@ -1,7 +1,9 @@
 """Checkpoints: the genotype, the weights, their preprocessing and how they were trained, in one file.
 
 Format 2 (written now): ``{format: 2, genotype, state_dict, preprocessing, train, metrics}``;
-``preprocessing`` is a :class:`nas.preprocess.Preprocessing` as a dict. Format 1 (before
+``preprocessing`` is a :class:`nas.preprocess.Preprocessing` as a dict. Optional entries: ``data`` (the
+data set trained on, :meth:`nas.datasets.DatasetReader.describe`) and ``tracking`` (``{uri, experiment,
+run_id}`` of the MLflow run that wrote it; ``nas-eval`` logs there). Format 1 (before
 preprocessing was recorded) is still read, as :data:`nas.preprocess.OURS`, the only input
 ``nas-train`` ever fed.
 """
@@ -26,12 +28,15 @@ FORMATS = (1, 2)
 
 def save_checkpoint(
     path: str | Path, genotype: Genotype, state_dict: dict[str, torch.Tensor], *, train: dict | None = None,
-    metrics: dict | None = None, preprocessing: Preprocessing = OURS,
+    metrics: dict | None = None, preprocessing: Preprocessing = OURS, data: dict | None = None,
+    tracking: dict | None = None,
 ) -> Path:
     """Write ``{format, genotype, state_dict, preprocessing, train, metrics}`` with ``torch.save``, atomically.
 
     Args:
         preprocessing: the input the weights expect (default :data:`~nas.preprocess.OURS`).
+        data: the data set trained on (``{name, root, num_classes, class_names}``), optional.
+        tracking: ``{uri, experiment, run_id}`` of the MLflow run of the training, optional.
 
     Raises:
         OSError: the folder cannot be created or written (the message names it).
@@ -41,7 +46,8 @@ def save_checkpoint(
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             torch.save({"format": _FORMAT, "genotype": genotype.to_dict(), "state_dict": dict(state_dict),
-                        "preprocessing": preprocessing.to_dict(), "train": train or {}, "metrics": metrics or {}},
+                        "preprocessing": preprocessing.to_dict(), "train": train or {}, "metrics": metrics or {},
+                        **({"data": data} if data else {}), **({"tracking": tracking} if tracking else {})},
                        tmp)
     except OSError as exc:
         raise OSError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
@@ -49,7 +55,8 @@ def save_checkpoint(
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's contents, checked: ``{format, genotype, state_dict, preprocessing, train, metrics}``.
+    """The checkpoint's contents, checked: ``{format, genotype, state_dict, preprocessing, train, metrics, data,
+    tracking}`` (the last two ``{}`` when absent).
 
     ``genotype`` is a genotype object and ``preprocessing`` a :class:`Preprocessing`.
 
@@ -80,7 +87,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     pre = OURS if fmt == 1 else Preprocessing.from_dict(blob.get("preprocessing"), where=f"{path}: preprocessing")
     return {"format": fmt, "genotype": genotype_from_dict(blob["genotype"], where=str(path)),
             "state_dict": blob["state_dict"], "preprocessing": pre, "train": blob.get("train", {}),
-            "metrics": blob.get("metrics", {})}
+            "metrics": blob.get("metrics", {}), "data": blob.get("data", {}), "tracking": blob.get("tracking", {})}
 
 
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -88,7 +95,7 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
     Returns:
         ``(model, meta)`` where ``meta`` has ``genotype``, ``preprocessing``
-        (a :class:`~nas.preprocess.Preprocessing`), ``train``, ``metrics``, ``format``.
+        (a :class:`~nas.preprocess.Preprocessing`), ``train``, ``metrics``, ``format``, ``data``, ``tracking``.
 
     Raises:
         FileNotFoundError: no such file. ValueError: see :func:`read_checkpoint`.
@@ -100,4 +107,4 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not fit its genotype: {exc}") from None
     model.eval()
-    return model, {k: ck[k] for k in ("genotype", "preprocessing", "train", "metrics", "format")}
+    return model, {k: ck[k] for k in ("genotype", "preprocessing", "train", "metrics", "format", "data", "tracking")}

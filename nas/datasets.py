@@ -18,7 +18,8 @@ EG1800's keys are those of before.
   labels 0-8 (:data:`EASYPORTRAIT_CLASSES`), or its 2-class portrait variant (``two_class``: person =
   every label but background).
 
-:func:`reader_from_config` builds one from the ``data`` config node (``nas/conf/data/*.yaml``).
+:func:`reader_from_config` builds one from the ``data`` config node (``nas/conf/data/*.yaml``);
+:func:`data_source` adds the node's cache folder and validation fraction: what every command passes on.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from PIL import Image
 
 from nas import data as D
 
-__all__ = ["DATA_KINDS", "EASYPORTRAIT_CLASSES", "DatasetReader", "EG1800Reader", "EasyPortraitReader",
-           "FolderReader", "as_reader", "reader_from_config"]
+__all__ = ["DATA_KINDS", "EASYPORTRAIT_CLASSES", "DataSource", "DatasetReader", "EG1800Reader", "EasyPortraitReader",
+           "FolderReader", "as_reader", "data_source", "reader_from_config"]
 
 PathLike = str | os.PathLike
 DATA_KINDS = ("eg1800", "folder", "easyportrait")
@@ -537,3 +538,27 @@ def reader_from_config(node: Mapping[str, Any] | Any) -> DatasetReader:
         return EasyPortraitReader(root, two_class=bool(d.get("two_class", False)))
     kw = {k: d[k] for k in _KIND_KEYS["folder"] if d.get(k) is not None}
     return FolderReader(root, name=str(d.get("name") or "folder"), **kw)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """What a command reads: the ``reader``, the cache folder and the validation fraction of a ``data`` node."""
+
+    reader: DatasetReader
+    cache_dir: str | None = None
+    val_fraction: float = 1.0
+
+    def train_config(self, tcfg):
+        """``tcfg`` (a :class:`nas.config.TrainConfig`) with ``data_classes`` = the data set's K.
+
+        Raises:
+            ValueError: ``train.loss=lovasz`` on a data set of more than 2 classes.
+        """
+        from dataclasses import replace
+
+        return replace(tcfg, data_classes=self.reader.num_classes)
+
+
+def data_source(node: Mapping[str, Any] | Any) -> DataSource:
+    """The ``data`` config node as a :class:`DataSource` (raises as :func:`reader_from_config`)."""
+    return DataSource(reader_from_config(node), node.get("cache_dir") or None, float(node.get("val_fraction", 1.0)))
