@@ -156,16 +156,23 @@ class EG1800Reader(DatasetReader):
     """EG1800 in its release layout, read by :mod:`nas.data` exactly as before (same cache keys).
 
     Args:
-        root: the EG1800 root (``None``: env ``EG1800_ROOT``).
+        root: the EG1800 root (``None``: env ``EG1800_ROOT``), resolved when first used, so a command
+            reports a bad model before a missing data root, as before.
 
     Raises:
-        ValueError / FileNotFoundError: from :func:`nas.data.resolve_data_root`.
+        ValueError / FileNotFoundError (on first use): from :func:`nas.data.resolve_data_root`.
     """
 
     name, cache_tag, num_classes, class_names = "eg1800", "eg1800", 2, ("background", "person")
 
     def __init__(self, root: PathLike | None = None):
-        self.root = D.resolve_data_root(root)
+        self._given, self._root = root, None
+
+    @property
+    def root(self) -> Path:  # type: ignore[override]
+        if self._root is None:
+            self._root = D.resolve_data_root(self._given)
+        return self._root
 
     def listing(self, split: str) -> D.SplitListing:
         return D.read_split(self.root, split)

@@ -204,8 +204,9 @@ def _warn_skipped(reader, splits: Sequence[SplitArrays]) -> None:
             if reason is None:
                 reason = ", ".join(str(p) for p in reader.read_paths(i) if not p.is_file()) or "file missing"
             why.append(reason)
-        log.warning("%s: %d listed id(s) skipped, their image or mask file is missing or unusable: %s%s (e.g. %s)",
-                    "EG1800" if reader.name == "eg1800" else reader.name, len(skipped),
+        eg = reader.name == "eg1800"
+        log.warning("%s: %d listed id(s) skipped, their image or mask file is missing%s: %s%s (e.g. %s)",
+                    "EG1800" if eg else reader.name, len(skipped), "" if eg else " or unusable",
                     ", ".join(f"{sp} {i}" for sp, i in skipped[:5]), " ..." if len(skipped) > 5 else "",
                     "; ".join(why))
     resized = sorted({i for a in splits for i in a.resized_ids})
