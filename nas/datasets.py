@@ -565,6 +565,13 @@ class DataSource:
 
         return replace(tcfg, data_classes=self.reader.num_classes)
 
+    def require_two_classes(self, what: str) -> None:
+        """Raise ``ValueError`` unless the data set has 2 classes (``what`` ranks by the 2-class ``miou``)."""
+        if self.reader.num_classes != 2:
+            raise ValueError(f"{what} ranks architectures by the 2-class miou, but data set {self.reader.name} has "
+                             f"{self.reader.num_classes} classes; train it with nas-train, or use a 2-class variant "
+                             "(EasyPortrait: data.two_class=true)")
+
 
 def data_source(node: Mapping[str, Any] | Any) -> DataSource:
     """The ``data`` config node as a :class:`DataSource` (raises as :func:`reader_from_config`)."""

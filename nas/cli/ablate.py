@@ -16,6 +16,7 @@ def main(cfg: DictConfig) -> None:
 
     exp = load_experiment(str(cfg.experiment), cfg.experiments_dir)
     src = data_source(cfg.data)
+    src.require_two_classes("nas-ablate")
     base = src.train_config(train_settings_from(cfg.recipe))
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment) if (cfg.tracking.enabled and cfg.train) else None
     result = run_ablation(

@@ -22,6 +22,7 @@ def run_fidelity(cfg: DictConfig) -> dict:
 
     s = FidelitySettings(**OmegaConf.to_container(cfg.study, resolve=True))
     src = data_source(cfg.data)
+    src.require_two_classes("nas-fidelity")
     base = src.train_config(train_settings_from(cfg.train))
     space = instantiate(cfg.space).with_fidelity(base.num_classes, s.cost_input_size)
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment) if cfg.tracking.enabled else None

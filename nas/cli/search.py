@@ -22,6 +22,7 @@ def build_worker(cfg: DictConfig):
     s = study_settings_from(cfg.study)
     check_storage(s.storage)  # before the MLflow store and the data are touched
     src = data_source(cfg.data)
+    src.require_two_classes("nas-search")
     tcfg = src.train_config(train_settings_from(cfg.train))
     space = instantiate(cfg.space).with_fidelity(tcfg.num_classes, tcfg.input_size)
     sampler = instantiate(cfg.sampler, seed=s.seed)
