@@ -360,6 +360,9 @@ class FolderReader(DatasetReader):
         if split not in self._splits:
             pairs = self._index()
             members, where = self._members(split)
+            if not members:
+                raise ValueError(f"split {split!r} of {self.images_dir} is empty (data.val_split={self.val_split}, "
+                                 f"{len(pairs)} images); choose a fraction in (0, 1) or list files")
             ok = [s for s in members if pairs[s].status in ("ok", "resized")]
             skipped = [s for s in members if s not in set(ok)]
             self._splits[split] = D.SplitListing(
@@ -495,9 +498,12 @@ class EasyPortraitReader(DatasetReader):
         return D.SplitListing(split, lst.list_path, lst.ids, lst.skipped_ids, lst.resized_ids, lst.reasons)
 
     def _owner(self, image_id: str) -> FolderReader:
-        for s, part in self._parts.items():
-            if part.images_dir.is_dir() and image_id in part._index():
-                return part
+        for part in self._parts.values():
+            try:
+                if image_id in part._index():
+                    return part
+            except (OSError, ValueError):  # a split folder that is absent or empty holds no id
+                continue
         raise FileNotFoundError(f"no image with stem {image_id!r} under {self.root / 'images'}")
 
     def read_paths(self, image_id: str) -> tuple[Path, Path]:
@@ -534,7 +540,13 @@ def reader_from_config(node: Mapping[str, Any] | Any) -> DatasetReader:
     """
     from omegaconf import DictConfig, OmegaConf
 
-    d = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    if isinstance(node, DictConfig):
+        missing = [k for k in node if OmegaConf.is_missing(node, k)]
+        if missing:
+            raise ValueError(f"data.{missing[0]} is not set: pass data.{missing[0]}=... on the command line")
+        d = OmegaConf.to_container(node, resolve=True)
+    else:
+        d = dict(node)
     kind = d.get("kind", "eg1800")
     if kind not in DATA_KINDS:
         raise ValueError(f"data.kind={kind!r}; allowed: {', '.join(DATA_KINDS)}")

@@ -213,7 +213,8 @@ def test_easyportrait_reader_labels_and_two_class_variant(easyportrait_root, tmp
         r9.listing("all")
 
 
-def test_easyportrait_trains_a_9_class_genotype_and_reports_per_class_iou(easyportrait_root, cache_dir) -> None:
+def test_easyportrait_trains_a_9_class_genotype_and_reports_per_class_iou(easyportrait_root, cache_dir,
+                                                                          tmp_path) -> None:
     from nas.train import load_data, train_genotype
 
     src = DataSource(EasyPortraitReader(easyportrait_root))
@@ -243,6 +244,15 @@ def test_easyportrait_trains_a_9_class_genotype_and_reports_per_class_iou(easypo
     assert [res.class_iou[n] for n in EASYPORTRAIT_CLASSES] == pytest.approx(hand.tolist(), abs=1e-3)
     assert res.miou_cm == pytest.approx(hand[union > 0].mean(), abs=1e-3)
     assert res.summary()["class_iou"] == res.class_iou
+    # its checkpoint scored on the test split (nas-eval's path): per-class IoU, no 2-class figures
+    from nas.checkpoint import save_checkpoint
+    from nas.predict import evaluate_and_log
+
+    ck = save_checkpoint(tmp_path / "ep9.pt", res.genotype, res.best_state, train=cfg.as_dict())
+    m = evaluate_and_log(ck, DataSource(src.reader, str(cache_dir)), "test", (64, 64), worst_k=1)
+    assert (m["num_classes"], m["split"], m["images"], m["mlflow_run_id"]) == (9, "test", 2, None)
+    assert "miou" not in m and list(m["class_iou"]) == list(EASYPORTRAIT_CLASSES)
+    assert m["iou_mean"] == pytest.approx(m["image_miou"]) and m["worst"][0]["name"].startswith("ep-")
     with pytest.raises(ValueError, match="lovasz is a binary loss but the data set has 9 classes"):
         src.train_config(TrainConfig(loss="lovasz", **TINY))
     with pytest.raises(ValueError, match="has 9 classes but train.data_classes=2"):
