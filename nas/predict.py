@@ -43,7 +43,7 @@ def _expand(inputs: Sequence[str]) -> list[Path]:
 def predict_image(
     model: torch.nn.Module, image: np.ndarray, size: tuple[int, int], preprocessing: Preprocessing = OURS
 ) -> np.ndarray:
-    """Person mask of one RGB uint8 H x W x 3 image: uint8 H x W in {0, 1}.
+    """Person mask of one RGB uint8 H x W x 3 image: uint8 H x W in {0, 1} (K > 2 classes: class ids).
 
     The image is resized to ``size`` = (h, w) and normalised as ``preprocessing`` says, scored,
     and the mask resized back to H x W (nearest).
@@ -210,7 +210,8 @@ def write_overlays(out_dir: str | Path, images: Sequence[np.ndarray], preds: Seq
 def predict_files(
     checkpoint: str, inputs: Sequence[str], out_dir: str, input_size=None
 ) -> list[tuple[Path, Path, Path]]:
-    """Write ``<stem>_mask.png`` (0/255) and ``<stem>_overlay.png`` for each input image.
+    """Write ``<stem>_mask.png`` (0/255; a network of K > 2 classes: the class ids 0..K-1) and
+    ``<stem>_overlay.png`` for each input image.
 
     Raises:
         FileNotFoundError: a missing checkpoint or input. ValueError: an
@@ -229,10 +230,11 @@ def predict_files(
             raise ValueError(f"cannot read image {p}: {exc}") from None
         mask = predict_image(model, image, size, meta["preprocessing"])
         overlay = image.copy()
-        red = np.array([255, 0, 0], np.float32)
-        overlay[mask == 1] = (0.5 * overlay[mask == 1] + 0.5 * red).astype(np.uint8)
+        fg = mask > 0
+        colour = _PALETTE[np.minimum(mask, len(_PALETTE) - 1)]
+        overlay[fg] = (0.5 * overlay[fg] + 0.5 * colour[fg]).astype(np.uint8)
         mp, op = out / f"{p.stem}_mask.png", out / f"{p.stem}_overlay.png"
-        Image.fromarray(mask * 255).save(mp)
+        Image.fromarray(mask * 255 if model.num_classes <= 2 else mask).save(mp)
         Image.fromarray(overlay).save(op)
         written.append((p, mp, op))
     return written
