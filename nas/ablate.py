@@ -286,12 +286,16 @@ class Cell:
 _EXECUTION_KEYS = ("threads", "progress", "num_workers", "eval_batch_size", "channels_last", "compile")
 
 
-def _cell_hash(exp: Experiment, g: Genotype, tcfg: TrainConfig) -> str:
-    """Identity of a cell: its genotype and every training setting that can change its result."""
+def _cell_hash(exp: Experiment, g: Genotype, tcfg: TrainConfig, data: dict | None = None) -> str:
+    """Identity of a cell: its genotype, every training setting that can change its result and the data set
+    (``data``: a reader's :meth:`~nas.datasets.DatasetReader.describe`; None for EG1800, as before)."""
     train = {k: v for k, v in tcfg.as_dict().items() if k not in _EXECUTION_KEYS}
+    if train.get("data_classes") == 2:  # added later: at its EG1800 value it keeps earlier cells' identity
+        train.pop("data_classes")
     # the input size sits beside the genotype, where it stood when the genotype carried it: same hashes
     genotype = {**g.to_dict(), "input_size": list(tcfg.input_size)}
-    blob = json.dumps({"genotype": genotype, "train": train}, sort_keys=True, default=str)
+    ident = {"genotype": genotype, "train": train} | ({"data": data} if data else {})
+    blob = json.dumps(ident, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -331,13 +335,17 @@ def run_ablation(
         n: genotype_cost(g, cost_input_size) for n, g in genotypes.items()
     }
     cells: list[Cell] = []
+    from nas.datasets import EG1800Reader
+
+    data_ident = None if data_root is None or isinstance(data_root, (str, os.PathLike, EG1800Reader)) \
+        else data_root.describe()
     if train:
         data_cache: dict[tuple, DataBundle] = {}
         for v in exp.variants:
             for seed in seeds:
                 tcfg = replace(configs[v.name], seed=seed)
                 g = genotypes[v.name]
-                h = _cell_hash(exp, g, tcfg)
+                h = _cell_hash(exp, g, tcfg, data_ident)
                 done = tracker.runs(f"tags.ablation = '{exp.name}' and tags.cell = '{h}'") if tracker else []
                 finished = [r for r in done if r.info.status == "FINISHED" and "val/miou" in r.data.metrics]
                 if finished:

@@ -1,7 +1,9 @@
 """Checkpoints: the genotype, the weights, their preprocessing and how they were trained, in one file.
 
 Format 2 (written now): ``{format: 2, genotype, state_dict, preprocessing, train, metrics}``;
-``preprocessing`` is a :class:`nas.preprocess.Preprocessing` as a dict. Format 1 (before
+``preprocessing`` is a :class:`nas.preprocess.Preprocessing` as a dict. Optional entries: ``data`` (the
+data set trained on, :meth:`nas.datasets.DatasetReader.describe`) and ``tracking`` (``{uri, experiment,
+run_id}`` of the MLflow run that wrote it; ``nas-eval`` logs there). Format 1 (before
 preprocessing was recorded) is still read, as :data:`nas.preprocess.OURS`, the only input
 ``nas-train`` ever fed.
 """
@@ -27,12 +29,15 @@ FORMATS = (1, 2)
 
 def save_checkpoint(
     path: str | Path, genotype: Genotype, state_dict: dict[str, torch.Tensor], *, train: dict | None = None,
-    metrics: dict | None = None, preprocessing: Preprocessing = OURS,
+    metrics: dict | None = None, preprocessing: Preprocessing = OURS, data: dict | None = None,
+    tracking: dict | None = None,
 ) -> Path:
     """Write ``{format, genotype, state_dict, preprocessing, train, metrics}`` with ``torch.save``, atomically.
 
     Args:
         preprocessing: the input the weights expect (default :data:`~nas.preprocess.OURS`).
+        data: the data set trained on (``{name, root, num_classes, class_names}``), optional.
+        tracking: ``{uri, experiment, run_id}`` of the MLflow run of the training, optional.
 
     Raises:
         OSError: the folder cannot be created or written (the message names it).
@@ -42,7 +47,8 @@ def save_checkpoint(
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             torch.save({"format": _FORMAT, "genotype": genotype.to_dict(), "state_dict": dict(state_dict),
-                        "preprocessing": preprocessing.to_dict(), "train": train or {}, "metrics": metrics or {}},
+                        "preprocessing": preprocessing.to_dict(), "train": train or {}, "metrics": metrics or {},
+                        **({"data": data} if data else {}), **({"tracking": tracking} if tracking else {})},
                        tmp)
     except OSError as exc:
         raise OSError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
@@ -50,8 +56,8 @@ def save_checkpoint(
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's contents, checked: ``{format, genotype, state_dict, preprocessing, train, metrics,
-    input_size}``.
+    """The checkpoint's contents, checked: ``{format, genotype, state_dict, preprocessing, train, metrics, data,
+    tracking, input_size}`` (``data`` and ``tracking`` are ``{}`` when absent).
 
     ``genotype`` is a genotype object and ``preprocessing`` a :class:`Preprocessing`. ``input_size`` is the
     (H, W) the weights were trained at: ``train.input_size``, else the ``input_size`` that checkpoints
@@ -86,7 +92,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     size = train.get("input_size") or (blob["genotype"] or {}).get("input_size") or _RELEASE_SIZE
     return {"format": fmt, "genotype": genotype_from_dict(blob["genotype"], where=str(path)),
             "state_dict": blob["state_dict"], "preprocessing": pre, "train": train,
-            "metrics": blob.get("metrics", {}), "input_size": (int(size[0]), int(size[1]))}
+            "metrics": blob.get("metrics", {}), "data": blob.get("data", {}), "tracking": blob.get("tracking", {}),
+            "input_size": (int(size[0]), int(size[1]))}
 
 
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -94,7 +101,8 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
     Returns:
         ``(model, meta)`` where ``meta`` has ``genotype``, ``preprocessing``
-        (a :class:`~nas.preprocess.Preprocessing`), ``train``, ``metrics``, ``format``, ``input_size``.
+        (a :class:`~nas.preprocess.Preprocessing`), ``train``, ``metrics``, ``format``, ``data``, ``tracking``,
+        ``input_size``.
 
     Raises:
         FileNotFoundError: no such file. ValueError: see :func:`read_checkpoint`.
@@ -106,4 +114,5 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not fit its genotype: {exc}") from None
     model.eval()
-    return model, {k: ck[k] for k in ("genotype", "preprocessing", "train", "metrics", "format", "input_size")}
+    return model, {k: ck[k] for k in ("genotype", "preprocessing", "train", "metrics", "format", "data", "tracking",
+                                      "input_size")}

@@ -13,6 +13,8 @@ and an unknown key or a value of the wrong type fails at composition, naming the
 - :class:`SearchSettings`: the ``study`` node of ``nas-search``.
 - :class:`FidelitySettings`: the ``study`` node of ``nas-fidelity``.
 - :class:`SINetSpaceConfig`, :class:`C3SpaceConfig`: the ``space`` node (the search spaces' defaults).
+- :class:`DataConfig`: the ``data`` node (``nas/conf/data/``: ``eg1800``, ``folder``, ``easyportrait``),
+  turned into a reader by :func:`nas.datasets.reader_from_config`.
 
 :func:`merge_layers` is the one path from nested overrides (a fidelity rung, an ablation
 variant, a command line) to a validated dataclass: OmegaConf merges them onto the schema and
@@ -33,9 +35,9 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationEr
 from nas.objectives import BUDGET_KEYS, default_reference_point
 
 __all__ = [
-    "AugmentConfig", "C3SpaceConfig", "FidelitySettings", "MODES", "SCHEDULERS", "SELECTIONS", "SINetSpaceConfig",
-    "SearchSettings", "TrainConfig", "fidelity_settings_from", "merge_layers", "register_configs",
-    "study_settings_from", "train_settings_from",
+    "AugmentConfig", "C3SpaceConfig", "DataConfig", "FidelitySettings", "MODES", "SCHEDULERS", "SELECTIONS",
+    "SINetSpaceConfig", "SearchSettings", "TrainConfig", "fidelity_settings_from", "merge_layers",
+    "register_configs", "study_settings_from", "train_settings_from",
 ]
 
 T = TypeVar("T")
@@ -112,6 +114,43 @@ class AugmentConfig:
 
 
 
+@dataclass
+class DataConfig:
+    """The ``data`` config node: which data set, where, and how it is split (see :mod:`nas.datasets`).
+
+    Attributes:
+        kind: ``eg1800`` (the release layout), ``folder`` (images and masks paired by stem) or
+            ``easyportrait`` (its published layout).
+        root: the data set's folder (EG1800: default env ``EG1800_ROOT``).
+        cache_dir: preprocessed arrays (null: env ``PORTRAIT_NAS_CACHE`` or ``~/.cache/portrait-nas``).
+        val_fraction: fraction of the validation split scored (reports: 1.0).
+        name: the data set's name in results (``folder``; null: the kind's).
+        images_dir / masks_dir / mask_suffix: ``folder``: the sub-folders and what a mask's stem adds.
+        num_classes: ``folder``: 2 (binary masks, 0/1 or 0/255) or K > 2 (PNG label maps 0..K-1).
+        class_names: ``folder``: K names (null: background, person / class_<k>).
+        train_list / val_list: ``folder``: list files of image names (null: a seeded split).
+        val_split / split_seed: ``folder`` without lists: the fraction of images in ``val`` (1.0: an
+            evaluation-only set) and its seed.
+        two_class: ``easyportrait``: the 2-class portrait variant (person = every label but background).
+    """
+
+    kind: str = "eg1800"
+    root: str | None = None
+    cache_dir: str | None = None
+    val_fraction: float = 1.0
+    name: str | None = None
+    images_dir: str = "images"
+    masks_dir: str = "masks"
+    mask_suffix: str = ""
+    num_classes: int = 2
+    class_names: list[str] | None = None
+    train_list: str | None = None
+    val_list: str | None = None
+    val_split: float = 0.2
+    split_seed: int = 0
+    two_class: bool = False
+
+
 SELECTIONS = ("holdout", "last", "val_best")
 
 
@@ -155,6 +194,10 @@ class TrainConfig:
             start the training; its network must be the one trained. A
             checkpoint with other preprocessing (the release's) is adapted
             to ours first (:func:`nas.release.adapt_input`).
+        data_classes: K, the label classes of the data set (set from the
+            ``data`` node by :meth:`nas.datasets.DataSource.train_config`; 2
+            for EG1800). ``loss=ce`` trains K output channels, ``lovasz`` 1
+            (binary data sets only).
     """
 
     epochs: int = 600
@@ -193,6 +236,7 @@ class TrainConfig:
     selection: str = "holdout"
     val_best_after: float = 0.6
     init: str | None = None
+    data_classes: int = 2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
@@ -219,6 +263,11 @@ class TrainConfig:
             raise ValueError(f"train.val_best_after={self.val_best_after}; allowed: [0, 1)")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"train.holdout_fraction={self.holdout_fraction}; allowed: [0, 1)")
+        if isinstance(self.data_classes, bool) or not isinstance(self.data_classes, int) or self.data_classes < 2:
+            raise ValueError(f"train.data_classes={self.data_classes!r}; allowed: an integer >= 2")
+        if self.loss == "lovasz" and self.data_classes != 2:
+            raise ValueError(f"train.loss=lovasz is a binary loss but the data set has {self.data_classes} classes; "
+                             "use train.loss=ce (recipe=sinet)")
 
     @property
     def stage1_epochs_resolved(self) -> int:
@@ -233,8 +282,9 @@ class TrainConfig:
 
     @property
     def num_classes(self) -> int:
-        """1 for the Lovasz hinge, 2 for cross-entropy."""
-        return 1 if self.loss == "lovasz" else 2
+        """Output channels of the network: 1 for the Lovasz hinge, ``data_classes`` (2 for EG1800) for
+        cross-entropy."""
+        return 1 if self.loss == "lovasz" else self.data_classes
 
     def fidelity(self) -> dict[str, Any]:
         """The knobs that make results comparable (logged and tabulated with every result)."""
@@ -522,7 +572,7 @@ def study_settings_from(node: Mapping[str, Any] | DictConfig) -> SearchSettings:
 
 
 def register_configs() -> None:
-    """Register the schemas in Hydra's ConfigStore (group ``schema``: ``train``, ``study``,
+    """Register the schemas in Hydra's ConfigStore (group ``schema``: ``train``, ``study``, ``data``,
     ``fidelity_study``, ``space/sinet``, ``space/extremec3net``).
 
     Idempotent; called by every console script and by the tests before composing."""
@@ -531,6 +581,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(group="schema", name="train", node=_writable(TrainConfig))
     cs.store(group="schema", name="study", node=_writable(SearchSettings))
+    cs.store(group="schema", name="data", node=_writable(DataConfig))
     cs.store(group="schema", name="fidelity_study", node=_writable(FidelitySettings))
     cs.store(group="schema/space", name="sinet", node=_writable(SINetSpaceConfig))
     cs.store(group="schema/space", name="extremec3net", node=_writable(C3SpaceConfig))

@@ -10,6 +10,10 @@ Defects of this copy are handled, not hidden: listed ids without files are skipp
 and reported; training crops byte-identical to validation crops are found by
 content hash and dropped (reported); grayscale JPEGs become RGB; corrupt,
 truncated or mismatched files raise errors naming the file.
+
+The cache and :func:`load_split_arrays` serve every data set: pass a
+:class:`nas.datasets.DatasetReader` (a folder of images and masks, EasyPortrait)
+instead of an EG1800 root.
 """
 
 from __future__ import annotations
@@ -86,12 +90,15 @@ def mask_path(root: PathLike, image_id: str) -> Path:
 @dataclass(frozen=True)
 class SplitListing:
     """A split list as found on disk: ``ids`` listed with both files present (list
-    order), ``skipped_ids`` listed but missing the image or mask, the list's path."""
+    order), ``skipped_ids`` listed but missing the image or mask (or unusable: ``reasons``), the list's
+    path, and ``resized_ids``: usable ids whose mask is a downscaled copy of the image (resized)."""
 
     split: str
     list_path: Path
     ids: list[str]
     skipped_ids: list[str]
+    resized_ids: list[str] = field(default_factory=list)  # masks resized to their image (nas.datasets)
+    reasons: dict[str, str] = field(default_factory=dict)  # skipped id -> why (nas.datasets)
 
     @property
     def num_listed(self) -> int:
@@ -291,7 +298,9 @@ def split_holdout(ids: Sequence[str], fraction: float, seed: int = 0) -> tuple[l
 @dataclass
 class SplitArrays:
     """A decoded, resized split: ``images`` uint8 (N, H, W, 3) RGB, ``masks`` uint8
-    (N, H, W) in {0, 1}, ``ids`` (N,), what was skipped/dropped, and cache stats."""
+    (N, H, W) class ids (EG1800: {0, 1}; 255 = ignored), ``ids`` (N,), what was
+    skipped/dropped/resized (``skip_reasons``: id -> why), cache stats, and the data set's
+    ``dataset`` name and ``num_classes``."""
 
     images: np.ndarray
     masks: np.ndarray
@@ -302,6 +311,10 @@ class SplitArrays:
     dropped_duplicate_ids: list[str] = field(default_factory=list)
     cache_hits: int = 0
     cache_misses: int = 0
+    resized_ids: list[str] = field(default_factory=list)
+    skip_reasons: dict[str, str] = field(default_factory=dict)
+    dataset: str = "eg1800"
+    num_classes: int = 2
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -315,10 +328,12 @@ class SplitArrays:
         return replace(self, images=self.images[idx], masks=self.masks[idx], ids=list(ids))
 
 
-def _entry_path(cache_dir: Path, img_b: bytes, mask_b: bytes, size: tuple[int, int]) -> Path:
-    h = hashlib.sha1(_CACHE_VERSION + f"|{size[0]}x{size[1]}|".encode())
+def _entry_path(cache_dir: Path, img_b: bytes, mask_b: bytes, size: tuple[int, int], tag: str = "eg1800",
+                salt: bytes = b"") -> Path:
+    # EG1800 (tag eg1800, no salt) keeps the keys of before; another reader's salt says how it reads masks.
+    h = hashlib.sha1(_CACHE_VERSION + f"|{size[0]}x{size[1]}|".encode() + salt)
     h.update(hashlib.sha1(img_b).digest() + hashlib.sha1(mask_b).digest())
-    return cache_dir / "eg1800" / f"{size[0]}x{size[1]}" / f"{h.hexdigest()}.npy"
+    return cache_dir / tag / f"{size[0]}x{size[1]}" / f"{h.hexdigest()}.npy"
 
 
 def _load_entry(path: Path, size: tuple[int, int]) -> np.ndarray | None:
@@ -344,22 +359,24 @@ def _write_atomic(path: Path, arr: np.ndarray) -> None:
 
 
 def load_split_arrays(
-    root: PathLike | None, split: str, size: tuple[int, int] = (224, 224),
+    root, split: str, size: tuple[int, int] = (224, 224),
     cache_dir: PathLike | None = None, fraction: float = 1.0, drop_split_duplicates: bool = True,
     seed: int = 0, ids: Sequence[str] | None = None, workers: int | None = None, progress: bool = True,
 ) -> SplitArrays:
     """Load a split resized to ``size`` = (H, W) pixels, through the on-disk cache.
 
     Each pair is decoded once and stored as one (H, W, 4) uint8 .npy (RGB + mask)
-    under ``cache_dir/eg1800/HxW/``, keyed by SHA-1 of (image bytes, mask bytes,
-    size): an edited source gets a new key, so stale entries are never used (nor
-    deleted). Images: JPEG DCT downscale + area interpolation (bilinear when
-    enlarging); masks: nearest. The source bytes are re-read and hashed every call
-    (~1 s for the train split), but nothing is decoded on a warm cache.
+    under ``cache_dir/<reader.cache_tag>/HxW/`` (EG1800: ``eg1800``), keyed by SHA-1 of
+    (image bytes, mask bytes, size, the reader's :meth:`~nas.datasets.DatasetReader.cache_salt`):
+    an edited source gets a new key, so stale entries are never used (nor deleted). Images:
+    JPEG DCT downscale + area interpolation (bilinear when enlarging); masks: nearest. The
+    source bytes are re-read and hashed every call (~1 s for the EG1800 train split), but
+    nothing is decoded on a warm cache.
 
     Args:
-        split: "train" or "val". For "train", ids whose JPEG also occurs in "val"
-            are dropped when ``drop_split_duplicates`` (reported in the result).
+        root: an EG1800 root (``None``: env ``EG1800_ROOT``) or a :class:`nas.datasets.DatasetReader`.
+        split: "train" or "val" (a reader may know more: "test", "all"). For "train", ids whose
+            image also occurs in "val" are dropped when ``drop_split_duplicates`` (reported in the result).
         cache_dir: default :func:`default_cache_dir`.
         fraction: in (0, 1]; seeded nested subset (see :func:`subset_ids`).
         ids: only these ids (applied before duplicate dropping and ``fraction``).
@@ -370,15 +387,18 @@ def load_split_arrays(
             undecodable/mismatched file (path in message).
         FileNotFoundError: root, split list, or a requested id's file missing.
     """
+    from nas.datasets import as_reader
+
     ints = all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size)
     if len(size) != 2 or not ints or min(size) < 1:
         raise ValueError(f"size must be a (H, W) pair of positive ints, got {size!r}")
     size = (int(size[0]), int(size[1]))
     _check_fraction("fraction", fraction, allow_zero=False, allow_one=True)
-    root = resolve_data_root(root)
+    reader = as_reader(root)
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     workers = workers or _default_workers()
-    listing = read_split(root, split)
+    listing = reader.listing(split)
+    tag, salt = reader.cache_tag, reader.cache_salt()
 
     selected = list(listing.ids)
     if ids is not None:
@@ -388,7 +408,7 @@ def load_split_arrays(
     dropped: list[str] = []
     if listing.split == "train" and drop_split_duplicates:
         present = [i for i in selected if i not in set(listing.skipped_ids)]
-        dropped = [t for t, _ in _duplicate_pairs(root, present, workers)]
+        dropped = [t for t, _ in reader.duplicate_pairs(present, workers)]
         selected = [i for i in selected if i not in set(dropped)]
     selected = subset_ids(selected, fraction, seed)
 
@@ -396,8 +416,8 @@ def load_split_arrays(
     images, masks = np.empty((n, *size, 3), np.uint8), np.empty((n, *size), np.uint8)
 
     def probe(k: int) -> bool:
-        img_b, mask_b, _, _ = _read_pair(root, selected[k])
-        entry = _load_entry(_entry_path(cache_dir, img_b, mask_b, size), size)
+        img_b, mask_b, _, _ = reader.read_bytes(selected[k])
+        entry = _load_entry(_entry_path(cache_dir, img_b, mask_b, size, tag, salt), size)
         if entry is not None:
             images[k], masks[k] = entry[..., :3], entry[..., 3]
         return entry is not None
@@ -405,19 +425,22 @@ def load_split_arrays(
     def build(k: int) -> None:
         # Re-read rather than hold every miss's bytes; the key comes from the bytes
         # actually decoded, so a file edited meanwhile stays consistent.
-        img_b, mask_b, ip, mp = _read_pair(root, selected[k])
-        image, mask = _resize_pair(*_decode_pair(img_b, mask_b, ip, mp, size), size)
-        _write_atomic(_entry_path(cache_dir, img_b, mask_b, size), np.dstack([image, mask]))
+        img_b, mask_b, ip, mp = reader.read_bytes(selected[k])
+        image, mask = _resize_pair(*reader.decode(img_b, mask_b, ip, mp, size), size)
+        _write_atomic(_entry_path(cache_dir, img_b, mask_b, size, tag, salt), np.dstack([image, mask]))
         images[k], masks[k] = image, mask
 
     with ThreadPoolExecutor(workers) as pool:  # PIL, cv2, hashing and I/O release the GIL
         misses = [k for k, hit in enumerate(pool.map(probe, range(n))) if not hit]
-        desc = f"caching EG1800 {listing.split} {size[0]}x{size[1]}"
+        desc = f"caching {'EG1800' if tag == 'eg1800' else reader.name} {listing.split} {size[0]}x{size[1]}"
         with tqdm(total=len(misses), desc=desc, unit="img", disable=not (progress and misses)) as bar:
             for _ in pool.map(build, misses):
                 bar.update(1)
+    chosen = set(selected)
     return SplitArrays(images, masks, selected, listing.split, size, list(listing.skipped_ids),
-                       dropped, cache_hits=n - len(misses), cache_misses=len(misses))
+                       dropped, cache_hits=n - len(misses), cache_misses=len(misses),
+                       resized_ids=[i for i in listing.resized_ids if i in chosen],
+                       skip_reasons=dict(listing.reasons), dataset=reader.name, num_classes=reader.num_classes)
 
 
 AugmentFn = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
@@ -427,7 +450,7 @@ class SegmentationDataset(Dataset):
     """Torch dataset over uint8 arrays with optional deterministic augmentation.
 
     Args:
-        images: uint8 (N, H, W, 3) RGB. masks: uint8 (N, H, W) in {0, 1}.
+        images: uint8 (N, H, W, 3) RGB. masks: uint8 (N, H, W) class ids (255: ignored).
         augment: ``f(image, mask, rng) -> (image, mask)``, e.g. ``nas.augment.Augment``.
         seed: item ``i`` in epoch ``e`` is augmented with
             ``np.random.default_rng(SeedSequence([seed, e, i]))``: results do not
@@ -435,7 +458,7 @@ class SegmentationDataset(Dataset):
         mean, std: per-channel normalisation, RGB, 0..255 units.
 
     ``dataset[i]`` = ``(image float32 (3, H, W) = (x - mean) / std, mask int64 (H, W)
-    in {0, 1})``.
+    class ids)``.
 
     Raises:
         ValueError: wrong dtypes or shapes.

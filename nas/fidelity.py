@@ -69,7 +69,8 @@ _EXECUTION_KEYS = ("threads", "progress", "num_workers", "eval_batch_size", "cha
                    "recipe")  # recipe: the name its values came from; the values themselves are in the identity
 # Training keys added after the first studies ran, at the value that reproduces the earlier behaviour: at that
 # value they stay out of the identity, so finished cells keep being read back (any other value makes a new cell).
-_NEUTRAL: dict[str, Any] = {"lovasz_per_image": True, "selection": "holdout", "val_best_after": 0.6, "init": None}
+_NEUTRAL: dict[str, Any] = {"lovasz_per_image": True, "selection": "holdout", "val_best_after": 0.6, "init": None,
+                            "data_classes": 2}
 
 
 def cell_train_identity(cfg: TrainConfig) -> dict[str, Any]:

@@ -79,16 +79,18 @@ def _check_window(window) -> int:
 
 
 def boundary_band(target: torch.Tensor, window: int, ignore_index: int = 255) -> torch.Tensor:
-    """Boundary band ``dilate(y) - erode(y)`` with a ``window x window`` square element.
+    """Boundary band ``dilate(y) != erode(y)`` with a ``window x window`` square element.
 
-    ``y`` is the foreground mask ``(target > 0) & (target != ignore_index)``: ignored pixels
-    count as background. OpenCV's ``dilate``/``erode`` do the work (labels need no
-    gradient; this is ~50x faster than max-pooling in torch on a 24 x 224 x 224 batch).
-    Their default border value is neutral, so the image border does not erode a mask (an
-    all-foreground mask gives an empty band, as does an empty one).
+    ``y`` is the label map with ignored pixels counted as background (0). Grey-level
+    dilation / erosion are the max / min over the window, so a pixel is in the band when its
+    window holds more than one class: the union of every class's edge band. For 2-class
+    labels this is the foreground's ``dilate - erode`` band of the release. OpenCV's
+    ``dilate``/``erode`` do the work (labels need no gradient; this is ~50x faster than
+    max-pooling in torch on a 24 x 224 x 224 batch). Their default border value is neutral,
+    so the image border does not erode a mask (a one-class mask gives an empty band).
 
     Args:
-        target: LongTensor (N, H, W) of labels.
+        target: LongTensor (N, H, W) of labels (class ids 0..K-1, or ``ignore_index``).
         window: odd positive side of the square structuring element, in pixels.
 
     Returns:
@@ -101,7 +103,8 @@ def boundary_band(target: torch.Tensor, window: int, ignore_index: int = 255) ->
     if target.dim() != 3:
         raise ValueError(f"boundary_band: target must be (N, H, W), got shape "
                          f"{tuple(target.shape)}")
-    y = ((target > 0) & (target != ignore_index)).to(torch.uint8).cpu().numpy()
+    t = target.clamp(0, 255)
+    y = torch.where(target == ignore_index, torch.zeros_like(t), t).to(torch.uint8).cpu().numpy()
     kernel = np.ones((window, window), np.uint8)
     band = np.stack([cv2.dilate(m, kernel) != cv2.erode(m, kernel) for m in y]) if len(y) else y.astype(bool)
     return torch.from_numpy(band).to(target.device)

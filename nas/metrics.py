@@ -1,4 +1,4 @@
-"""Evaluation metrics for 2-class (background / person) portrait segmentation.
+"""Evaluation metrics for portrait segmentation: 2-class (background / person) and K-class label maps.
 
 Two different numbers are both commonly called "mIoU"; they are named apart here ON PURPOSE
 (see /work/shared/REFERENCE.md, "Training recipe"):
@@ -12,13 +12,18 @@ Two different numbers are both commonly called "mIoU"; they are named apart here
 * ``fg_iou_global`` -- foreground IoU from the same pooled confusion matrix, x100. It differs
   from ``miou`` because pooling weights large people more than small ones.
 
+* ``class_iou`` / ``miou_cm`` -- per-class IoU from the pooled confusion matrix (x100, by class
+  name) and their mean over the classes present: EasyPortrait's convention, the headline of a
+  K > 2 data set (for K = 2, ``miou_cm`` equals ``miou_2class``). A K > 2 set has no ``miou``:
+  its per-image figure is ``image_miou``, each image's mean class IoU, averaged.
+
 Pixels whose target equals ``ignore_index`` (255) are excluded from every metric.
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["foreground_iou_per_image", "predictions_from_logits", "SegmentationMetrics"]
+__all__ = ["class_iou_per_image", "foreground_iou_per_image", "predictions_from_logits", "SegmentationMetrics"]
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -57,6 +62,34 @@ def foreground_iou_per_image(pred: torch.Tensor, target: torch.Tensor,
     return iou.float()
 
 
+def class_iou_per_image(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                        ignore_index: int = 255) -> torch.Tensor:
+    """Each image's mean IoU over the classes present in its prediction or target.
+
+    Args:
+        pred: LongTensor (N, H, W) in [0, K). target: LongTensor (N, H, W) in [0, K) or ``ignore_index``.
+        num_classes: K.
+
+    Returns:
+        FloatTensor (N,) in [0, 1]; an image without a valid pixel scores 1.0.
+
+    Raises:
+        ValueError: if the shapes differ or are not (N, H, W).
+    """
+    _check_pair(pred, target)
+    valid = target != ignore_index
+    inter = torch.zeros(pred.shape[0], num_classes, dtype=torch.float64)
+    union = torch.zeros_like(inter)
+    for c in range(num_classes):
+        p, t = (pred == c) & valid, (target == c) & valid
+        inter[:, c] = (p & t).sum(dim=(1, 2)).double()
+        union[:, c] = (p | t).sum(dim=(1, 2)).double()
+    present = union > 0
+    iou = torch.where(present, inter / union.clamp_min(1.0), torch.zeros_like(union)).sum(1)
+    n = present.sum(1)
+    return torch.where(n > 0, iou / n.clamp_min(1), torch.ones_like(iou)).float()
+
+
 def predictions_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Hard labels from logits.
 
@@ -78,35 +111,51 @@ def predictions_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 class SegmentationMetrics:
-    """Accumulates 2-class segmentation metrics over batches.
+    """Accumulates segmentation metrics over batches (2 classes, or K > 2 for label maps).
 
     ``update(x, target)`` takes either logits (N, C, H, W) (converted with
     predictions_from_logits) or hard predictions (N, H, W) (long or bool), with target
-    (N, H, W) long in {0, 1, ignore_index}. ``compute()`` returns a dict:
+    (N, H, W) long in [0, K) or ignore_index. ``compute()`` returns a dict:
 
-    * ``miou``: per-image foreground IoU averaged over images, x100 -- THE number the
-      SINet/ExtremeC3Net papers call "mIoU" (empty union -> 100 for that image).
-    * ``miou_2class``: confusion-matrix mean IoU over background and foreground, x100 (a class
-      whose pooled union is empty is left out of the mean). Not the paper's "mIoU".
-    * ``fg_iou_global``: foreground IoU of the pooled confusion matrix, x100 (100 if the
-      pooled union is empty).
+    * ``miou`` (K = 2 only): per-image foreground IoU averaged over images, x100 -- THE number
+      the SINet/ExtremeC3Net papers call "mIoU" (empty union -> 100 for that image).
+    * ``miou_2class`` (K = 2 only): confusion-matrix mean IoU over background and foreground,
+      x100 (a class whose pooled union is empty is left out of the mean). Not the paper's "mIoU".
+    * ``fg_iou_global`` (K = 2 only): foreground IoU of the pooled confusion matrix, x100 (100
+      if the pooled union is empty).
+    * ``class_iou``: ``{class name: IoU x100}`` from the pooled confusion matrix (100 for a class
+      whose pooled union is empty); ``miou_cm``: their mean over the classes with a non-empty
+      union, x100 (EasyPortrait's convention; equals ``miou_2class`` for K = 2).
+    * ``image_miou`` (K > 2 only): each image's mean class IoU (classes present), averaged, x100.
     * ``pixel_acc``: fraction of valid pixels labelled correctly, x100.
     * ``n_images``: number of images seen.
 
+    Args:
+        num_classes: K >= 2 (default 2).
+        class_names: K names (default background, person for K = 2, ``class_<k>`` otherwise).
+
+    Raises (init): ValueError for K < 2 or a wrong number of names.
     Raises (update): ValueError if prediction and target shapes differ (evaluation must
-    resize logits to the label size first) or a valid label / prediction is not 0 or 1.
+    resize logits to the label size first) or a valid label / prediction is outside [0, K).
     Raises (compute): RuntimeError if nothing was accumulated.
     """
 
-    num_classes = 2
-
-    def __init__(self, ignore_index: int = 255):
+    def __init__(self, ignore_index: int = 255, num_classes: int = 2, class_names=None):
+        if int(num_classes) < 2:
+            raise ValueError(f"num_classes={num_classes}; metrics need >= 2 classes (a 1-logit net scores 2)")
+        self.num_classes = int(num_classes)
+        names = list(class_names) if class_names else (
+            ["background", "person"] if self.num_classes == 2 else [f"class_{k}" for k in range(self.num_classes)])
+        if len(names) != self.num_classes:
+            raise ValueError(f"{len(names)} class names for num_classes={self.num_classes}")
+        self.class_names = names
         self.ignore_index = int(ignore_index)
         self.reset()
 
     def reset(self) -> None:
         """Forget everything accumulated."""
-        self.confusion = torch.zeros(2, 2, dtype=torch.int64)  # [target, pred]
+        k = self.num_classes
+        self.confusion = torch.zeros(k, k, dtype=torch.int64)  # [target, pred]
         self._per_image: list[torch.Tensor] = []
 
     @torch.no_grad()
@@ -117,23 +166,29 @@ class SegmentationMetrics:
         target = target.detach().long()
         _check_pair(pred, target)
         pred, target = pred.cpu(), target.cpu()
+        k = self.num_classes
         valid = target != self.ignore_index
         t, p = target[valid], pred[valid]
-        if t.numel() and (t.min() < 0 or t.max() > 1):
-            raise ValueError(f"target labels must be 0, 1 or {self.ignore_index}")
-        if p.numel() and (p.min() < 0 or p.max() > 1):
-            raise ValueError("predictions must be 0 or 1 (2-class metrics)")
-        self.confusion += torch.bincount(t * 2 + p, minlength=4).reshape(2, 2)
-        self._per_image.append(foreground_iou_per_image(pred, target, self.ignore_index))
+        if t.numel() and (t.min() < 0 or t.max() >= k):
+            raise ValueError(f"target labels must be in 0..{k - 1} or {self.ignore_index}")
+        if p.numel() and (p.min() < 0 or p.max() >= k):
+            raise ValueError("predictions must be 0 or 1 (2-class metrics)" if k == 2 else
+                             f"predictions must be in 0..{k - 1} ({k}-class metrics)")
+        self.confusion += torch.bincount(t * k + p, minlength=k * k).reshape(k, k)
+        if k == 2:
+            self._per_image.append(foreground_iou_per_image(pred, target, self.ignore_index))
+        else:
+            self._per_image.append(class_iou_per_image(pred, target, k, self.ignore_index))
 
     def per_image_iou(self) -> torch.Tensor:
-        """Foreground IoU of every image seen so far, FloatTensor (n_images,) in [0, 1]."""
+        """Per-image IoU of every image seen so far, FloatTensor (n_images,) in [0, 1]: the
+        foreground IoU for K = 2, the image's mean class IoU for K > 2."""
         if not self._per_image:
             return torch.zeros(0)
         return torch.cat(self._per_image)
 
     def compute(self) -> dict:
-        """Return ``{miou, miou_2class, fg_iou_global, pixel_acc, n_images}`` (floats x100)."""
+        """The metrics of the class docstring (floats x100, ``class_iou`` a dict, ``n_images`` an int)."""
         per_image = self.per_image_iou()
         if per_image.numel() == 0:
             raise RuntimeError("SegmentationMetrics.compute() called before any update()")
@@ -142,12 +197,18 @@ class SegmentationMetrics:
         union = cm.sum(0) + cm.sum(1) - tp
         present = union > 0
         class_iou = torch.where(present, tp / union.clamp_min(1.0), torch.ones_like(tp))
-        miou_2class = float(class_iou[present].mean()) if bool(present.any()) else 1.0
+        miou_cm = float(class_iou[present].mean()) if bool(present.any()) else 1.0
         total = float(cm.sum())
-        return {
-            "miou": 100.0 * float(per_image.double().mean()),
-            "miou_2class": 100.0 * miou_2class,
-            "fg_iou_global": 100.0 * float(class_iou[1]),
-            "pixel_acc": 100.0 * float(tp.sum()) / total if total > 0 else float("nan"),
-            "n_images": int(per_image.numel()),
-        }
+        out: dict = {}
+        if self.num_classes == 2:
+            out.update(miou=100.0 * float(per_image.double().mean()), miou_2class=100.0 * miou_cm,
+                       fg_iou_global=100.0 * float(class_iou[1]))
+        else:
+            out["image_miou"] = 100.0 * float(per_image.double().mean())
+        out.update(
+            miou_cm=100.0 * miou_cm,
+            class_iou={n: 100.0 * float(v) for n, v in zip(self.class_names, class_iou)},
+            pixel_acc=100.0 * float(tp.sum()) / total if total > 0 else float("nan"),
+            n_images=int(per_image.numel()),
+        )
+        return out

@@ -33,7 +33,8 @@ import torch
 from nas._filelock import file_lock
 
 __all__ = ["Tracker", "TrainingRun", "close_runs_of_failed_trials", "default_tracking_uri", "epoch_metrics",
-           "result_metrics", "start_worker_run", "training_run", "RUNNING", "FINISHED", "FAILED", "KILLED"]
+           "log_evaluation", "result_metrics", "start_worker_run", "training_run", "RUNNING", "FINISHED", "FAILED",
+           "KILLED"]
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 _MAX_PARAM_LEN = 6000
@@ -230,9 +231,15 @@ def epoch_metrics(rec: Any) -> dict[str, float | None]:
 
 def result_metrics(res: Any) -> dict[str, float | None]:
     """The end-of-training MLflow metrics (a :class:`nas.train.TrainResult`): ``val/miou``
-    (foreground IoU per image, x100), ``val/miou_2class``, ``train/images_per_s_mean``."""
-    return {"val/miou": res.miou, "val/miou_2class": res.miou_2class,
-            "train/images_per_s_mean": getattr(res, "images_per_s", None)}
+    (foreground IoU per image, x100), ``val/miou_2class``, ``train/images_per_s_mean`` and, where the
+    result has them, ``val/miou_cm`` and ``val/iou/<class name>`` (confusion matrix, x100)."""
+    out = {"val/miou": res.miou, "val/miou_2class": res.miou_2class,
+           "train/images_per_s_mean": getattr(res, "images_per_s", None)}
+    if getattr(res, "miou_cm", None) is not None:
+        out["val/miou_cm"] = res.miou_cm
+    for name, v in (getattr(res, "class_iou", None) or {}).items():
+        out[f"val/iou/{name}"] = v
+    return out
 
 
 class TrainingRun:
@@ -325,3 +332,33 @@ def training_run(tracker: Tracker | None, name: str, *, tags: Mapping[str, Any] 
         raise
     else:
         run.close(FINISHED, "COMPLETE" if state_tags else None)
+
+
+def log_evaluation(tracking: Mapping[str, Any] | None, result: Mapping[str, Any], *, prefix: str,
+                   artifacts: Iterable[str | Path] = ()) -> str | None:
+    """Log an evaluation (:func:`nas.predict.evaluate_checkpoint`'s result) on the training run a
+    checkpoint records (``tracking`` = its ``{uri, experiment, run_id}``); return that run id, or None
+    when the checkpoint records no run.
+
+    Metrics ``<prefix>/<key>`` (x100) for every numeric key (``miou``, ``miou_cm``, ``iou_p10`` ...)
+    and ``<prefix>/iou/<class>``; the result (less its per-image lists) as ``<prefix>.json``; each of
+    ``artifacts`` (e.g. the overlays) under ``<prefix>/``.
+
+    Raises:
+        mlflow.exceptions.MlflowException: the store cannot be reached or the run does not exist.
+    """
+    if not tracking or not tracking.get("run_id"):
+        return None
+    tracker = Tracker(tracking.get("uri"), str(tracking.get("experiment") or "nas-train"))
+    rid = str(tracking["run_id"])
+    skip = {"images", "n_images", "skipped_ids", "resized_masks", "num_classes"}
+    metrics = {f"{prefix}/{k}": v for k, v in result.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in skip}
+    metrics.update({f"{prefix}/iou/{n}": v for n, v in (result.get("class_iou") or {}).items()})
+    metrics[f"{prefix}/images"] = result.get("images")
+    tracker.log_metrics(rid, metrics)
+    keep = {k: v for k, v in result.items() if k not in ("per_image_iou", "ids", "predictions")}
+    tracker.log_dict(rid, keep, f"{prefix}.json")
+    for a in artifacts:
+        tracker.log_artifact(rid, a, prefix)
+    return rid

@@ -55,6 +55,7 @@ __all__ = [
     "param_groups",
     "train_genotype",
     "evaluate",
+    "score_of",
 ]
 
 
@@ -68,7 +69,8 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class EpochRecord:
-    """Metrics of one epoch: ``stage`` (1 or 2), losses, holdout mIoU (x100), images/s."""
+    """Metrics of one epoch: ``stage`` (1 or 2), losses, holdout mIoU (x100; a data set of K > 2 classes:
+    its ``miou_cm``), images/s."""
 
     stage: int
     epoch: int
@@ -86,11 +88,13 @@ class TrainResult:
 
     ``miou`` is foreground IoU per image averaged over the validation images
     (x100, the papers' "mIoU"); ``miou_2class`` the confusion-matrix mean over
-    both classes (x100). ``best_state`` is the selected checkpoint.
+    both classes (x100); both None for a data set of K > 2 classes, whose
+    headline is ``miou_cm`` (confusion-matrix mean of ``class_iou``, x100;
+    equal to ``miou_2class`` for K = 2). ``best_state`` is the selected checkpoint.
     """
 
-    miou: float
-    miou_2class: float
+    miou: float | None
+    miou_2class: float | None
     holdout_miou: float | None
     best_epoch: int
     epochs: int
@@ -106,6 +110,11 @@ class TrainResult:
     genotype: Genotype | None = field(default=None, repr=False)
     selection: str = "holdout"
     stage1_epoch: int | None = None
+    miou_cm: float | None = None
+    class_iou: dict[str, float] | None = None
+    dataset: str = "eg1800"
+    num_classes: int = 2
+    resized_masks: int = 0
 
     @property
     def optimistic(self) -> bool:
@@ -129,56 +138,81 @@ class TrainResult:
             "selection": self.selection,
             "optimistic": self.optimistic,
             "stage1_epoch": self.stage1_epoch,
+            "miou_cm": self.miou_cm,
+            "class_iou": self.class_iou,
+            "dataset": self.dataset,
+            "num_classes": self.num_classes,
+            "resized_masks": self.resized_masks,
         }
 
 
 @dataclass
 class DataBundle:
-    """Arrays for one fidelity: training, holdout (may be empty) and validation."""
+    """Arrays for one fidelity: training, holdout (may be empty) and validation, and what the data
+    set is (``dataset``, ``num_classes`` K, ``class_names``; ``resized``: masks resized to their image)."""
 
     train: SplitArrays
     holdout: SplitArrays | None
     val: SplitArrays
     skipped_ids: int
+    dataset: str = "eg1800"
+    num_classes: int = 2
+    class_names: tuple[str, ...] = ("background", "person")
+    resized: int = 0
 
 
 def load_data(
-    root: str | None, cfg: TrainConfig, cache_dir: str | None = None, val_fraction: float = 1.0, progress: bool = True
+    root, cfg: TrainConfig, cache_dir: str | None = None, val_fraction: float = 1.0, progress: bool = True
 ) -> DataBundle:
     """Load (through the cache) the training list, its holdout slice and the validation list.
 
     Args:
-        root: EG1800 root (``None``: the ``EG1800_ROOT`` environment variable).
+        root: an EG1800 root (``None``: the ``EG1800_ROOT`` environment variable) or a
+            :class:`nas.datasets.DatasetReader` (``data=folder``, ``data=easyportrait``).
         val_fraction: fraction of the validation list (tests use less; reports use 1).
 
     Raises:
-        FileNotFoundError, ValueError: from :mod:`nas.data`, naming the file.
+        FileNotFoundError, ValueError: from :mod:`nas.data` / :mod:`nas.datasets`, naming the file.
     """
+    from nas.datasets import as_reader
+
+    reader = as_reader(root)
     train = load_split_arrays(
-        root, "train", cfg.input_size, cache_dir=cache_dir, fraction=cfg.train_fraction,
+        reader, "train", cfg.input_size, cache_dir=cache_dir, fraction=cfg.train_fraction,
         drop_split_duplicates=cfg.drop_split_duplicates, seed=cfg.seed, progress=progress,
     )
-    val = load_split_arrays(root, "val", cfg.input_size, cache_dir=cache_dir, fraction=val_fraction, seed=cfg.seed,
+    val = load_split_arrays(reader, "val", cfg.input_size, cache_dir=cache_dir, fraction=val_fraction, seed=cfg.seed,
                             progress=progress)
-    _warn_skipped(root, (train, val))
+    _warn_skipped(reader, (train, val))
+    resized = len(set(train.resized_ids) | set(val.resized_ids))
     holdout = None
     if cfg.holdout_fraction > 0 and cfg.selection == "holdout":  # last / val_best train on every image
         tr_ids, ho_ids = split_holdout(train.ids, cfg.holdout_fraction, seed=cfg.seed)
         train, holdout = train.select(tr_ids), train.select(ho_ids)
-    return DataBundle(train, holdout, val, skipped_ids=len(train.skipped_ids) + len(val.skipped_ids))
+    return DataBundle(train, holdout, val, skipped_ids=len(train.skipped_ids) + len(val.skipped_ids),
+                      dataset=reader.name, num_classes=reader.num_classes, class_names=tuple(reader.class_names),
+                      resized=resized)
 
 
-def _warn_skipped(root: str | None, splits: Sequence[SplitArrays]) -> None:
-    """One warning naming the listed ids whose image or mask file is missing (they are skipped)."""
-    from nas.data import image_path, mask_path, resolve_data_root
-
+def _warn_skipped(reader, splits: Sequence[SplitArrays]) -> None:
+    """One warning naming the listed ids skipped (image or mask missing or unusable), one for resized masks."""
     skipped = [(a.split, i) for a in splits for i in dict.fromkeys(a.skipped_ids)]
     if skipped:
-        r = resolve_data_root(root)
-        files = [str(p) for _, i in skipped[:3] for p in (image_path(r, i), mask_path(r, i)) if not p.is_file()]
-        log.warning("EG1800: %d listed id(s) skipped, their image or mask file is missing: %s%s (e.g. %s)",
-                    len(skipped), ", ".join(f"{sp} {i}" for sp, i in skipped[:5]), " ..." if len(skipped) > 5 else "",
-                    ", ".join(files))
+        why = []
+        for sp, i in skipped[:3]:
+            reason = next((a.skip_reasons[i] for a in splits if i in a.skip_reasons), None)
+            if reason is None:
+                reason = ", ".join(str(p) for p in reader.read_paths(i) if not p.is_file()) or "file missing"
+            why.append(reason)
+        eg = reader.name == "eg1800"
+        log.warning("%s: %d listed id(s) skipped, their image or mask file is missing%s: %s%s (e.g. %s)",
+                    "EG1800" if eg else reader.name, len(skipped), "" if eg else " or unusable",
+                    ", ".join(f"{sp} {i}" for sp, i in skipped[:5]), " ..." if len(skipped) > 5 else "",
+                    "; ".join(why))
+    resized = sorted({i for a in splits for i in a.resized_ids})
+    if resized:
+        log.warning("%s: %d mask(s) are downscaled copies of their image, resized (nearest): %s%s", reader.name,
+                    len(resized), ", ".join(resized[:5]), " ..." if len(resized) > 5 else "")
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -210,16 +244,17 @@ def _targets_for(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, arrays: SplitArrays, batch_size: int = 64) -> dict[str, float]:
+def evaluate(model: nn.Module, arrays: SplitArrays, batch_size: int = 64, class_names=None) -> dict[str, Any]:
     """Score ``model`` on ``arrays`` without augmentation.
 
     Logits at a lower resolution (stage-1 networks) are compared with
     nearest-downsampled labels. Returns the keys of
-    :meth:`nas.metrics.SegmentationMetrics.compute` (``miou`` x100 etc.).
+    :meth:`nas.metrics.SegmentationMetrics.compute` for ``arrays.num_classes``
+    classes (K = 2: ``miou`` x100 etc.; every K: ``miou_cm``, ``class_iou``).
     """
     was_training = model.training
     model.eval()
-    metrics = SegmentationMetrics()
+    metrics = SegmentationMetrics(num_classes=arrays.num_classes, class_names=class_names)
     loader = make_loader(SegmentationDataset.from_arrays(arrays), batch_size, shuffle=False)
     fmt = torch.channels_last if _is_channels_last(model) else torch.contiguous_format
     for x, y in loader:
@@ -227,6 +262,20 @@ def evaluate(model: nn.Module, arrays: SplitArrays, batch_size: int = 64) -> dic
         metrics.update(logits, _targets_for(logits, y))
     model.train(was_training)
     return metrics.compute()
+
+
+def score_of(metrics: dict[str, Any]) -> float:
+    """The figure a checkpoint is selected by: ``miou`` (2 classes), else ``miou_cm`` (x100)."""
+    return metrics["miou"] if "miou" in metrics else metrics["miou_cm"]
+
+
+def _train_iou(logits: torch.Tensor, target: torch.Tensor) -> float:
+    """Foreground IoU per image, batch mean x100 (K > 2: every non-background class is foreground)."""
+    pred = predictions_from_logits(logits)
+    if logits.shape[1] > 2:
+        pred = (pred > 0).long()
+        target = torch.where(target == 255, target, (target > 0).long())
+    return foreground_iou_per_image(pred, target).mean().item() * 100
 
 
 def _run_stage(
@@ -277,7 +326,7 @@ def _run_stage(
             loss.backward()
             opt.step()
             with torch.no_grad():
-                iou = foreground_iou_per_image(predictions_from_logits(logits), target).mean().item() * 100
+                iou = _train_iou(logits, target)
             b = x.shape[0]
             n_seen += b
             tot_loss += loss.item() * b
@@ -289,7 +338,7 @@ def _run_stage(
         n_images += n_seen
         lr = opt.param_groups[0]["lr"]
         sched.step()
-        holdout = evaluate(model, data.holdout, cfg.eval_batch_size)["miou"] if data.holdout is not None else None
+        holdout = score_of(evaluate(model, data.holdout, cfg.eval_batch_size)) if data.holdout is not None else None
         rec = EpochRecord(stage, e + 1, epoch_offset + e + 1, tot_loss / max(n_seen, 1), tot_iou / max(n_seen, 1),
                           holdout, n_seen / dt if dt > 0 else 0.0, lr)
         history.append(rec)
@@ -316,7 +365,7 @@ def _selection_score(model: nn.Module, stage: int, e: int, epochs: int, holdout:
     if cfg.selection == "val_best":
         if e + 1 <= cfg.val_best_after * epochs:
             return None
-        return evaluate(model, data.val, cfg.eval_batch_size)["miou"]
+        return score_of(evaluate(model, data.val, cfg.eval_batch_size))
     return holdout if holdout is not None else float(e)
 
 
@@ -345,6 +394,9 @@ def train_genotype(
     """
     if tuple(data.train.size) != tuple(cfg.input_size):
         raise ValueError(f"data loaded at {data.train.size}, but train.input_size={cfg.input_size}")
+    if data.num_classes != cfg.data_classes:
+        raise ValueError(f"the data set {data.dataset} has {data.num_classes} classes but train.data_classes="
+                         f"{cfg.data_classes} (set it from the data set: nas.datasets.DataSource.train_config)")
     old_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -356,7 +408,8 @@ def train_genotype(
         g.check_input_size(cfg.input_size)
         class_weights = None
         if cfg.loss == "ce":
-            class_weights = class_weights_from_masks(data.train.masks, num_classes=2, c=cfg.class_weight_c)
+            class_weights = class_weights_from_masks(data.train.masks, num_classes=cfg.num_classes,
+                                                     c=cfg.class_weight_c)
         history: list[EpochRecord] = []
         busy, n_images = 0.0, 0
         s1 = cfg.stage1_epochs_resolved
@@ -379,16 +432,17 @@ def train_genotype(
         )
         busy, n_images = busy + b, n_images + n
         model.load_state_dict(best_state)
-        val = evaluate(model, data.val, cfg.eval_batch_size)
+        val = evaluate(model, data.val, cfg.eval_batch_size, class_names=data.class_names)
     finally:
         torch.set_num_threads(old_threads)
     return TrainResult(
-        miou=val["miou"], miou_2class=val["miou_2class"], holdout_miou=holdout, best_epoch=best_epoch,
+        miou=val.get("miou"), miou_2class=val.get("miou_2class"), holdout_miou=holdout, best_epoch=best_epoch,
         epochs=cfg.epochs, train_images=len(data.train), holdout_images=len(data.holdout) if data.holdout else 0,
         val_images=len(data.val), skipped_ids=data.skipped_ids,
         dropped_duplicates=len(data.train.dropped_duplicate_ids), images_per_s=n_images / busy if busy else 0.0,
         train_seconds=busy, history=history, best_state=best_state, genotype=g, selection=cfg.selection,
-        stage1_epoch=stage1_epoch,
+        stage1_epoch=stage1_epoch, miou_cm=val["miou_cm"], class_iou=val["class_iou"], dataset=data.dataset,
+        num_classes=data.num_classes, resized_masks=data.resized,
     )
 
 

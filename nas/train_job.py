@@ -33,10 +33,13 @@ def checkpoint_path(output_dir: str | Path, model: str, archid: str) -> Path:
     return out_dir / f"{Path(str(model)).stem}-{archid}-{time.strftime('%Y%m%d-%H%M%S')}.pt"
 
 
-def train_and_save(model: str, tcfg: TrainConfig, *, data_root: str | None, cache_dir: str | None = None,
+def train_and_save(model: str, tcfg: TrainConfig, *, data_root, cache_dir: str | None = None,
                    val_fraction: float = 1.0, output_dir: str | Path = "runs/train",
                    tracker: Tracker | None = None) -> dict[str, Any]:
     """Train ``model`` (a registered name or a genotype ``.yaml``) with ``tcfg`` and save its checkpoint.
+
+    ``data_root``: an EG1800 root (``None``: env ``EG1800_ROOT``) or a :class:`nas.datasets.DatasetReader`;
+    ``tcfg.data_classes`` must be its class count (:meth:`nas.datasets.DataSource.train_config`).
 
     Returns:
         the training summary (:meth:`nas.train.TrainResult.summary`) with ``params``,
@@ -59,14 +62,19 @@ def train_and_save(model: str, tcfg: TrainConfig, *, data_root: str | None, cach
         raise ValueError(f"model={model} at train.input_size={tuple(tcfg.input_size)}: {exc}") from None
     cost = cheap_cost(create_model(g), tcfg.input_size)  # warns here, once, about a zero gate
     ckpt = checkpoint_path(output_dir, str(model), g.archid())
-    data = load_data(data_root, tcfg, cache_dir=cache_dir, val_fraction=val_fraction, progress=tcfg.progress)
+    from nas.datasets import as_reader
+
+    reader = as_reader(data_root)
+    data = load_data(reader, tcfg, cache_dir=cache_dir, val_fraction=val_fraction, progress=tcfg.progress)
     tags = {"model": model, "archid": g.archid(), "recipe": tcfg.recipe, "selection": tcfg.selection,
-            "optimistic": str(tcfg.optimistic).lower()}
+            "optimistic": str(tcfg.optimistic).lower(), "dataset": reader.name}
     with training_run(tracker, f"{model}-{g.archid()}", tags=tags, train_cfg=tcfg, genotype=g,
                       costs={"params": cost.params, "conv_macs": cost.conv_macs}) as run:
         res = train_genotype(g, tcfg, data, on_epoch=run.on_epoch)
         summary = res.summary()
-        save_checkpoint(ckpt, g, res.best_state, train=tcfg.as_dict(), metrics=summary)
+        tracking = {"uri": tracker.uri, "experiment": tracker.experiment, "run_id": run.run_id} if run else None
+        save_checkpoint(ckpt, g, res.best_state, train=tcfg.as_dict(), metrics=summary, data=reader.describe(),
+                        tracking=tracking)
         run.log_metrics(result_metrics(res), step=tcfg.epochs)
         run.log_artifact(ckpt)
     summary.update(params=cost.params, conv_macs=cost.conv_macs, checkpoint=str(ckpt), mlflow_run_id=run.run_id,

@@ -78,6 +78,28 @@ def test_band_ignore_is_background():
     assert not boundary_band(t2, 3).any()
 
 
+def test_band_of_a_label_map_is_the_union_of_every_class_edge():
+    g = torch.Generator().manual_seed(1)
+    t = torch.randint(0, 5, (2, 9, 11), generator=g).repeat_interleave(4, 1).repeat_interleave(4, 2)  # 5 classes
+    t[1, :6, :6] = 255
+    band = boundary_band(t, 5)
+    st = np.ones((5, 5), bool)
+    for i in range(2):
+        y = torch.where(t[i] == 255, 0, t[i]).numpy()
+        ref = np.zeros(y.shape, bool)
+        for c in range(5):
+            m = y == c
+            ref |= ndimage.binary_dilation(m, st) & ~ndimage.binary_erosion(m, st, border_value=1)
+        assert np.array_equal(band[i].numpy(), ref)
+    # a 9-class cross-entropy with the boundary term trains on it (class weights over all 9 classes)
+    labels = torch.randint(0, 9, (2, 16, 16), generator=g)
+    w = class_weights_from_masks(labels, num_classes=9)
+    logits = torch.randn(2, 9, 16, 16, generator=g, requires_grad=True)
+    loss = SegmentationLoss("ce", class_weights=w, boundary_window=3)(logits, labels)
+    loss.backward()
+    assert w.shape == (9,) and torch.isfinite(loss) and logits.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("bad", [0, 2, -3, 4.0, True])
 def test_band_bad_window(bad):
     with pytest.raises(ValueError, match="window"):

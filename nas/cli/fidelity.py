@@ -15,15 +15,18 @@ def run_fidelity(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
 
     from nas.config import fidelity_settings_from, train_settings_from
+    from nas.datasets import data_source
     from nas.fidelity import FidelityWorker
     from nas.fidelity_report import write_fidelity_results
     from nas.tracking import Tracker
 
     s = fidelity_settings_from(cfg.study)
-    base = train_settings_from(cfg.train)
+    src = data_source(cfg.data)
+    src.require_two_classes("nas-fidelity")
+    base = src.train_config(train_settings_from(cfg.train))
     space = instantiate(cfg.space).with_fidelity(base.num_classes, s.cost_input_size)
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment) if cfg.tracking.enabled else None
-    worker = FidelityWorker(s, space, base, data_root=cfg.data.root, cache_dir=cfg.data.cache_dir, tracker=tracker,
+    worker = FidelityWorker(s, space, base, data_root=src.reader, cache_dir=src.cache_dir, tracker=tracker,
                             progress=bool(cfg.progress))
     counts = {"trained": 0, "reused": 0, "failed": 0}
     if not cfg.report_only:

@@ -14,20 +14,23 @@ def build_worker(cfg: DictConfig):
     from hydra.utils import instantiate
 
     from nas.config import study_settings_from, train_settings_from
+    from nas.datasets import data_source
     from nas.study import StudyWorker, check_storage
     from nas.tracking import Tracker
     from nas.train import load_data
 
     s = study_settings_from(cfg.study)
     check_storage(s.storage)  # before the MLflow store and the data are touched
-    tcfg = train_settings_from(cfg.train)
+    src = data_source(cfg.data)
+    src.require_two_classes("nas-search")
+    tcfg = src.train_config(train_settings_from(cfg.train))
     space = instantiate(cfg.space).with_fidelity(tcfg.num_classes, tcfg.input_size)
     sampler = instantiate(cfg.sampler, seed=s.seed)
     pruner = instantiate(cfg.pruner) if s.mode == "constrained" else None
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment) if cfg.tracking.enabled else None
 
     def load(c):  # each rung's data, loaded when first trained (one bundle per input size, fraction and seed)
-        return load_data(cfg.data.root, c, cache_dir=cfg.data.cache_dir, val_fraction=cfg.data.val_fraction,
+        return load_data(src.reader, c, cache_dir=src.cache_dir, val_fraction=src.val_fraction,
                          progress=bool(cfg.progress))
 
     data = load(tcfg) if s.scheduler == "none" else None

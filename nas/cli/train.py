@@ -12,13 +12,15 @@ from nas.cli._hydra import hydra_app, print_json_line
 def run_training(cfg: DictConfig) -> dict:
     """Compose the job from ``cfg`` and run :func:`nas.train_job.train_and_save`; return its summary."""
     from nas.config import train_settings_from
+    from nas.datasets import data_source
     from nas.tracking import Tracker
     from nas.train_job import train_and_save
 
-    tcfg = train_settings_from(cfg.train)
+    src = data_source(cfg.data)
+    tcfg = src.train_config(train_settings_from(cfg.train))
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment) if cfg.tracking.enabled else None
-    return train_and_save(str(cfg.model), tcfg, data_root=cfg.data.root, cache_dir=cfg.data.cache_dir,
-                          val_fraction=cfg.data.val_fraction, output_dir=cfg.output_dir, tracker=tracker)
+    return train_and_save(str(cfg.model), tcfg, data_root=src.reader, cache_dir=src.cache_dir,
+                          val_fraction=src.val_fraction, output_dir=cfg.output_dir, tracker=tracker)
 
 
 def choose_recipe(args: list[str]) -> list[str]:
@@ -63,16 +65,25 @@ def main(cfg: DictConfig) -> None:
 
 @hydra_app("eval")
 def eval_main(cfg: DictConfig) -> None:
-    from nas.predict import evaluate_checkpoint
+    from nas.datasets import data_source
+    from nas.predict import evaluate_and_log
 
-    m = evaluate_checkpoint(cfg.checkpoint, cfg.data.root, cfg.split, cfg.input_size, cfg.batch_size,
-                            cache_dir=cfg.data.cache_dir, fraction=cfg.data.val_fraction)
+    m = evaluate_and_log(cfg.checkpoint, data_source(cfg.data), cfg.split, cfg.input_size, cfg.batch_size,
+                         worst_k=int(cfg.worst_k), overlays_dir=cfg.overlays_dir, log_to_run=bool(cfg.log_to_run))
     size = m["input_size"]
-    print(f"{cfg.checkpoint}: {cfg.split} {m['images']} images at {size[0]}x{size[1]} "
-          f"({m['preprocessing']['channel_order']}, resize {m['preprocessing']['resize']}): "
-          f"mIoU (foreground IoU per image) {m['miou']:.2f}, 2-class confusion mIoU {m['miou_2class']:.2f}")
-    print_json_line({"miou": m["miou"], "miou_2class": m["miou_2class"], "images": m["images"],
-                     "skipped_ids": m["skipped_ids"], "input_size": size})
+    head = (f"mIoU (foreground IoU per image) {m['miou']:.2f}, 2-class confusion mIoU {m['miou_2class']:.2f}"
+            if "miou" in m else f"confusion-matrix mIoU over {m['num_classes']} classes {m['miou_cm']:.2f}")
+    print(f"{cfg.checkpoint}: {m['dataset']} {m['split']} {m['images']} images at {size[0]}x{size[1]} "
+          f"({m['preprocessing']['channel_order']}, resize {m['preprocessing']['resize']}): {head}; per-image IoU "
+          f"mean {m['iou_mean']:.2f}, p10 {m['iou_p10']:.2f}, p50 {m['iou_p50']:.2f}, p90 {m['iou_p90']:.2f}")
+    if m["skipped_ids"] or m["resized_masks"]:
+        print(f"  {m['skipped_ids']} image(s) skipped, {m['resized_masks']} mask(s) resized to their image")
+    for w in m["worst"]:
+        print(f"  worst: {w['name']} IoU {w['iou']:.2f}")
+    keys = ("miou", "miou_2class", "miou_cm", "class_iou", "images", "skipped_ids", "resized_masks", "input_size",
+            "dataset", "split", "num_classes", "iou_mean", "iou_p10", "iou_p50", "iou_p90", "worst", "overlays",
+            "mlflow_run_id")
+    print_json_line({k: m[k] for k in keys if k in m})
 
 
 @hydra_app("predict")
