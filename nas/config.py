@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
 
-from nas.objectives import BUDGET_KEYS, default_reference_point
+from nas.objectives import BUDGET_KEYS, COUNTED_BUDGET_KEYS, default_reference_point
 
 __all__ = [
     "AugmentConfig", "C3SpaceConfig", "DataConfig", "FidelitySettings", "MODES", "SCHEDULERS", "SELECTIONS",
@@ -384,7 +384,7 @@ class SearchSettings:
         if bad:
             raise ValueError(f"study.budgets has unknown key(s) {bad}; allowed: {', '.join(BUDGET_KEYS)}")
         if self.mode == "constrained" and not any(v is not None for v in self.budgets.values()):
-            raise ValueError("study.mode=constrained needs study.budgets.params and/or study.budgets.conv_macs")
+            raise ValueError("study.mode=constrained needs study.budgets.params, conv_macs and/or ort_latency_ms")
         scheme = self.storage.split(":", 1)[0]
         if not (scheme == "sqlite" or scheme.startswith("postgresql")):
             raise ValueError(f"study.storage={self.storage!r}; allowed: sqlite:///path.db or postgresql://user@host/db")
@@ -470,9 +470,9 @@ class FidelitySettings:
             raise ValueError(f"fidelity.proxies has unknown name(s) {bad}; known: {sorted(PROXIES)}")
         if self.proxies and self.proxy_batch < 2:
             raise ValueError(f"fidelity.proxy_batch={self.proxy_batch}; allowed: >= 2 (ZiCo needs two sub-batches)")
-        bad = sorted(set(self.budgets) - set(BUDGET_KEYS))
+        bad = sorted(set(self.budgets) - set(COUNTED_BUDGET_KEYS))
         if bad:
-            raise ValueError(f"fidelity.budgets has unknown key(s) {bad}; allowed: {', '.join(BUDGET_KEYS)}")
+            raise ValueError(f"fidelity.budgets has unknown key(s) {bad}; allowed: {', '.join(COUNTED_BUDGET_KEYS)}")
         self.rungs, self.seeds, self.proxies = tuple(self.rungs), tuple(int(s) for s in self.seeds), tuple(self.proxies)
         self.include = tuple(self.include)
         self.proxy_input_size = (int(self.proxy_input_size[0]), int(self.proxy_input_size[1]))

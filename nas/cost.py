@@ -53,6 +53,7 @@ COUNTERS = {
     "ptflops_pytorch": "ptflops MACs, backend=pytorch",
     "ptflops_aten": "ptflops MACs, backend=aten",
     "latency_ms": "median CPU latency at batch 1 (ms)",
+    "ort_latency_ms": "median ONNX Runtime CPU latency at batch 1 (ms; CPUExecutionProvider)",
 }
 
 
@@ -203,6 +204,9 @@ class CostReport:
     ptflops_aten: int | None = None
     latency_ms: float | None = None
     latency_threads: int | None = None
+    ort_latency_ms: float | None = None
+    ort_threads: int | None = None
+    ort_version: str | None = None
     input_size: tuple[int, int] = (224, 224)
 
     def as_dict(self) -> dict[str, Any]:
@@ -245,12 +249,15 @@ def cost_report(
     ptflops: bool = True,
     latency: bool = True,
     threads: int | None = None,
+    ort: bool = False,
 ) -> CostReport:
     """Every counter on ``model`` at ``input_size``; see the module docstring.
 
     Args:
-        threads: latency thread count (default: ``torch.get_num_threads()``,
-            capped at ``os.cpu_count()``).
+        threads: latency thread count, torch and ONNX Runtime alike (default:
+            ``torch.get_num_threads()``, capped at ``os.cpu_count()``).
+        ort: also export to ONNX and measure ONNX Runtime's CPU latency
+            (:func:`nas.export.ort_latency_ms`; seconds of export).
     """
     base = cheap_cost(model, input_size)
     extra: dict[str, Any] = {}
@@ -262,4 +269,9 @@ def cost_report(
     if latency:
         n = threads or min(torch.get_num_threads(), os.cpu_count() or 1)
         extra["latency_ms"], extra["latency_threads"] = measure_latency(model, input_size, threads=n)
+    if ort:
+        from nas.export import ort_latency_ms
+
+        r = ort_latency_ms(model, input_size, threads=threads or min(torch.get_num_threads(), os.cpu_count() or 1))
+        extra.update(ort_latency_ms=r["ort_latency_ms"], ort_threads=r["ort_threads"], ort_version=r["ort_version"])
     return CostReport(params=base.params, conv_macs=base.conv_macs, input_size=tuple(input_size), **extra)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BUDGET_KEYS", "OBJECTIVES", "Objective", "default_reference_point", "directions", "objective_names"]
+__all__ = ["BUDGET_KEYS", "COUNTED_BUDGET_KEYS", "OBJECTIVES", "Objective", "default_reference_point", "directions",
+           "objective_names"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class Objective:
         unit: the unit of its values.
         reference: the default hypervolume reference value (worse than any point of interest).
         budget: whether ``study.budgets.<name>`` may bound it before training.
+        front: whether it is an objective of the Pareto front (and the hypervolume); a budget-only
+            figure is measured and recorded but not optimised.
     """
 
     name: str
@@ -33,6 +36,7 @@ class Objective:
     unit: str
     reference: float
     budget: bool
+    front: bool = True
 
 
 OBJECTIVES: tuple[Objective, ...] = (
@@ -42,13 +46,18 @@ OBJECTIVES: tuple[Objective, ...] = (
               budget=True),
     Objective("conv_macs", "minimize", "convolution MACs at cost_input_size, the papers' 'FLOPs': per nn.Conv2d, "
               "outputs x C_in/groups x kH x kW (nas.cost.genotype_cost)", "MACs", 300_000_000, budget=True),
+    Objective("ort_latency_ms", "minimize", "median batch-1 ONNX Runtime CPU latency at cost_input_size, "
+              "study.latency_threads threads (nas.export.ort_latency_ms); measured before training, only for "
+              "candidates within the other budgets", "ms", 100.0, budget=True, front=False),
 )
 BUDGET_KEYS: tuple[str, ...] = tuple(o.name for o in OBJECTIVES if o.budget)
+#: budgets counted from the genotype's shapes alone (milliseconds, no export): what the fidelity study accepts.
+COUNTED_BUDGET_KEYS: tuple[str, ...] = ("params", "conv_macs")
 
 
 def objective_names(mode: str = "pareto") -> list[str]:
-    """The study's objective names: all of them for ``pareto``, ``["miou"]`` for ``constrained``."""
-    return [o.name for o in OBJECTIVES] if mode == "pareto" else [OBJECTIVES[0].name]
+    """The study's objective names: the front's for ``pareto``, ``["miou"]`` for ``constrained``."""
+    return [o.name for o in OBJECTIVES if o.front] if mode == "pareto" else [OBJECTIVES[0].name]
 
 
 def directions(mode: str = "pareto") -> list[str]:
@@ -58,5 +67,6 @@ def directions(mode: str = "pareto") -> list[str]:
 
 
 def default_reference_point() -> dict[str, float]:
-    """``{name: reference}`` of every objective (the hypervolume reference of ``nas-search`` and ``nas-pareto``)."""
-    return {o.name: o.reference for o in OBJECTIVES}
+    """``{name: reference}`` of the front's objectives (the hypervolume reference of ``nas-search`` and
+    ``nas-pareto``)."""
+    return {o.name: o.reference for o in OBJECTIVES if o.front}

@@ -120,6 +120,13 @@ class DataCache:
         return self._data.get(key)
 
 
+def ort_latency(g: Genotype, input_size: tuple[int, int], threads: int) -> float:
+    """Median batch-1 ONNX Runtime CPU latency (ms) of ``g`` at ``input_size`` (:func:`nas.export.ort_latency_ms`)."""
+    from nas.export import ort_latency_ms
+
+    return float(ort_latency_ms(create_model(g), input_size, threads=threads, warmup=3, repeats=10)["ort_latency_ms"])
+
+
 # -- the worker ---------------------------------------------------------------------------------
 
 
@@ -328,22 +335,31 @@ class StudyWorker:
         """Suggest, count, check budgets, train at rung 0; tell Optuna. Returns the timing bucket."""
         g = self.space.suggest(trial)
         cost = genotype_cost(g, self.s.cost_input_size)  # shapes only: milliseconds
+        measured = {"params": cost.params, "conv_macs": cost.conv_macs}
         over = {}
-        for key, value in (("params", cost.params), ("conv_macs", cost.conv_macs)):
+        for key, value in measured.items():
             limit = self.s.budgets.get(key)
             if limit is not None:
                 self._db(trial.set_constraint, key, float(value - limit))
                 over[key] = value > limit
+        ort_limit = self.s.budgets.get("ort_latency_ms")
+        if ort_limit is not None:  # seconds of export: only for candidates within the counted budgets
+            if not any(over.values()):
+                measured["ort_latency_ms"] = ort_latency(g, self.s.cost_input_size, self.s.latency_threads)
+            # over another budget: not measured; the constraint says "infeasible" (+1 ms) without a figure
+            excess = measured["ort_latency_ms"] - ort_limit if "ort_latency_ms" in measured else 1.0
+            self._db(trial.set_constraint, "ort_latency_ms", float(excess))
+            over["ort_latency_ms"] = excess > 0
         feasible = not any(over.values())
-        attrs = {"archid": g.archid(), "family": g.family, "genotype": g.to_json(), "params": cost.params,
-                 "conv_macs": cost.conv_macs, "rung": self.ladder.names[0], "feasible": feasible}
+        attrs = {"archid": g.archid(), "family": g.family, "genotype": g.to_json(), **measured,
+                 "rung": self.ladder.names[0], "feasible": feasible}
         for k, v in attrs.items():  # "feasible" last: it makes the trial a candidate for the schedule
             self._db(trial.set_user_attr, k, v)
         run.set_tags({"archid": g.archid(), "family": g.family, "feasible": feasible, "kind": "new",
                       "reference": trial.user_attrs.get("reference", ""), "rung": self.ladder.names[0],
                       "seed": self.train_cfg.seed})
         run.log_params({f"genotype.{k}": v for k, v in g.flat_params().items()})
-        run.log_metrics({"params": cost.params, "conv_macs": cost.conv_macs})
+        run.log_metrics(measured)
         if not feasible:
             # never trained, takes no slot: the sampler sees the constraint values; 0 marks "no mIoU measured"
             self._db(self.study.tell, trial, self._values(0.0, cost.params, cost.conv_macs))

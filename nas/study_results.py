@@ -122,7 +122,8 @@ def study_summary(s: SearchSettings, trials: Sequence[FrozenTrial], led: Sequenc
         "n_confirmations": sum(1 for t in led if t.state == TrialState.COMPLETE and t.user_attrs.get("kind")
                                == "confirm"),
         "n_ledger_failed": sum(1 for t in led if t.state == TrialState.FAIL),
-        "pareto": [point_json(p) for p in front],
+        "pareto": [point_json(p) | _measured(trials[p.trial]) for p in front],
+        "budgets": dict(s.budgets),
         "confirmed": any(p.seeds for p in front),
         "hypervolume": hv,
         "reference_point": s.reference_point,
@@ -132,6 +133,12 @@ def study_summary(s: SearchSettings, trials: Sequence[FrozenTrial], led: Sequenc
         "fidelity": {n: cfg.fidelity() for n, cfg in zip(ladder.names, ladder.cfgs)},
         "output_dir": str(out),
     }
+
+
+def _measured(t: FrozenTrial) -> dict[str, Any]:
+    """Budget-only figures measured before training (``ort_latency_ms``), where the study measured them."""
+    v = t.user_attrs.get("ort_latency_ms")
+    return {"ort_latency_ms": round(float(v), 3)} if v is not None else {}
 
 
 def point_json(p: FrontPoint) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from tests.conftest import compose
 
 CONF = Path(__file__).resolve().parents[1] / "nas" / "conf"
 # Values a primary config leaves mandatory (???), so that it composes.
-REQUIRED = {"ablate": ["experiment=sinet_decoder"], "eval": ["checkpoint=x.pt"], "import": ["release=x.pth"],
+REQUIRED = {"ablate": ["experiment=sinet_decoder"], "eval": ["checkpoint=x.pt"],
+            "export": ["checkpoint=x.pt"], "import": ["release=x.pth"],
             "pareto": ["studies=[a]"], "predict": ["checkpoint=x.pt", "inputs=x.png"]}
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
 

@@ -80,6 +80,11 @@ def test_nas_cost_cli_last_line_is_json(tmp_path) -> None:
     assert (res["params"], res["conv_macs"], res["fvcore_total"]) == REFERENCE["extremec3net"][:3]
     assert (res["ptflops_pytorch"], res["ptflops_aten"]) == REFERENCE["extremec3net"][3:]
     assert any("conv MACs" in line for line in out[:-1])  # the readable table names its counters
+    import onnxruntime
+
+    # measured latency beside the counts: ONNX Runtime's, its version recorded (exported, checked vs PyTorch)
+    assert res["ort_latency_ms"] > 0 and res["ort_version"] == onnxruntime.__version__
+    assert any(f"ONNX Runtime {onnxruntime.__version__}, 1 thread(s)" in line for line in out[:-1])
 
 
 def test_nas_cost_cli_bad_model_fails_clearly() -> None:

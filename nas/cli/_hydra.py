@@ -32,7 +32,7 @@ def _rewrite_pairs(argv: list[str]) -> list[str]:
 
 TOOLS = {"train": "nas-train", "eval": "nas-eval", "predict": "nas-predict", "search": "nas-search",
          "pareto": "nas-pareto", "ablate": "nas-ablate", "fidelity_study": "nas-fidelity", "import": "nas-import",
-         "cost": "nas-cost"}
+         "cost": "nas-cost", "export": "nas-export"}
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError, ImportError)
 
 

@@ -17,6 +17,8 @@ def format_cost_table(name: str, report: dict, counters: dict[str, str]) -> str:
         lines.append(f"  {k:<{width}}  {val:>15}  {c}")
     if report.get("latency_threads"):
         lines.append(f"  (latency with {report['latency_threads']} torch thread(s))")
+    if report.get("ort_version"):
+        lines.append(f"  (ONNX Runtime {report['ort_version']}, {report['ort_threads']} thread(s))")
     return "\n".join(lines)
 
 
@@ -32,10 +34,12 @@ def main(cfg: DictConfig) -> None:
     model = create_model(str(cfg.model), num_classes=cfg.num_classes)
     size = model.genotype.check_input_size(tuple(cfg.input_size))
     rep = cost_report(
-        model, size, fvcore=cfg.fvcore, ptflops=cfg.ptflops, latency=cfg.latency, threads=cfg.latency_threads
+        model, size, fvcore=cfg.fvcore, ptflops=cfg.ptflops, latency=cfg.latency, threads=cfg.latency_threads,
+        ort=cfg.ort_latency,
     ).as_dict()
     print(format_cost_table(str(cfg.model), rep, COUNTERS))
-    keys = ["params", "conv_macs", "fvcore_total", "ptflops_pytorch", "ptflops_aten", "latency_ms"]
+    keys = ["params", "conv_macs", "fvcore_total", "ptflops_pytorch", "ptflops_aten", "latency_ms", "ort_latency_ms",
+            "ort_version"]
     out = {k: rep[k] for k in keys}
     out.update(model=str(cfg.model), archid=model.genotype.archid(), input_size=list(size),
                num_classes=model.genotype.num_classes, latency_threads=rep["latency_threads"])
