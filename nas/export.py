@@ -47,6 +47,18 @@ class ExportError(ValueError):
     """An export that cannot be done or does not match PyTorch (the message names the value or file)."""
 
 
+@contextlib.contextmanager
+def _quiet(name: str):
+    """Silence logger ``name`` below ERROR (the exporter logs each optional op it skips)."""
+    logger = logging.getLogger(name)
+    old = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
 def _check_opset(opset: Any) -> int:
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(f"opset={opset!r} cannot be exported; allowed: an integer {MIN_OPSET}..{MAX_OPSET} "
@@ -116,7 +128,7 @@ def export_onnx(
     with tempfile.TemporaryDirectory() as tmpd:
         raw = Path(tmpd) / "model.onnx"
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"):
                 warnings.simplefilter("ignore")
                 torch.onnx.export(model, (example,), str(raw), input_names=["image"], output_names=["logits"],
                                   dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=max_batch)},),
