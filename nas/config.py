@@ -21,6 +21,7 @@ This module imports neither torch nor OpenCV.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -108,6 +109,9 @@ class AugmentConfig:
 
 
 SELECTIONS = ("holdout", "last", "val_best")
+PRECISIONS = ("fp32", "bf16")
+AUGMENT_BACKENDS = ("numpy", "tensor")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,21 @@ class TrainConfig:
             start the training; its network must be the one trained. A
             checkpoint with other preprocessing (the release's) is adapted
             to ours first (:func:`nas.release.adapt_input`).
+        resume_every: write the resume checkpoint every this many epochs
+            (and on SIGTERM / Ctrl-C); 0 turns resuming off.
+        resume_dir: folder of resume checkpoints (``None``: ``nas-train`` uses
+            ``<output_dir>/resume``, a search ``<study output>/resume``; no
+            folder at all: no resuming). A rerun with the same settings
+            resumes from the file there (:mod:`nas.resume`).
+        device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or
+            ``cuda:N`` (:func:`nas.device.resolve_device`).
+        precision: ``fp32`` (TF32 allowed for matmuls and convolutions on
+            CUDA) or ``bf16`` (autocast of the forward pass and the loss).
+        augment_backend: ``numpy`` (per image, OpenCV, in the DataLoader:
+            :mod:`nas.augment`) or ``tensor`` (per batch on ``device``, from
+            uint8 tensors held there: :mod:`nas.tensor_augment`).
+        check_every: steps between the checks that the training loss is
+            finite (one host synchronisation each; 1 = every step).
     """
 
     epochs: int = 600
@@ -188,6 +207,12 @@ class TrainConfig:
     selection: str = "holdout"
     val_best_after: float = 0.6
     init: str | None = None
+    resume_every: int = 1
+    resume_dir: str | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    augment_backend: str = "numpy"
+    check_every: int = 10
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
@@ -214,6 +239,16 @@ class TrainConfig:
             raise ValueError(f"train.val_best_after={self.val_best_after}; allowed: [0, 1)")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"train.holdout_fraction={self.holdout_fraction}; allowed: [0, 1)")
+        if self.resume_every < 0:
+            raise ValueError(f"train.resume_every={self.resume_every}; allowed: an integer >= 0 (0: off)")
+        if not _DEVICE_RE.match(str(self.device)):
+            raise ValueError(f"train.device={self.device!r}; allowed: auto, cpu, cuda, cuda:N")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision={self.precision!r}; allowed: {', '.join(PRECISIONS)}")
+        if self.augment_backend not in AUGMENT_BACKENDS:
+            raise ValueError(f"train.augment_backend={self.augment_backend!r}; allowed: {', '.join(AUGMENT_BACKENDS)}")
+        if self.check_every < 1:
+            raise ValueError(f"train.check_every={self.check_every}; allowed: an integer >= 1")
 
     @property
     def stage1_epochs_resolved(self) -> int:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 __all__ = [
     "class_weights_from_masks",
     "boundary_band",
+    "boundary_band_pooled",
     "lovasz_hinge",
     "SegmentationLoss",
     "downsample_labels",
@@ -101,10 +102,38 @@ def boundary_band(target: torch.Tensor, window: int, ignore_index: int = 255) ->
     if target.dim() != 3:
         raise ValueError(f"boundary_band: target must be (N, H, W), got shape "
                          f"{tuple(target.shape)}")
+    if target.device.type != "cpu":
+        return boundary_band_pooled(target, window, ignore_index)
     y = ((target > 0) & (target != ignore_index)).to(torch.uint8).cpu().numpy()
     kernel = np.ones((window, window), np.uint8)
     band = np.stack([cv2.dilate(m, kernel) != cv2.erode(m, kernel) for m in y]) if len(y) else y.astype(bool)
     return torch.from_numpy(band).to(target.device)
+
+
+def boundary_band_pooled(target: torch.Tensor, window: int, ignore_index: int = 255) -> torch.Tensor:
+    """:func:`boundary_band` with max-pooling, on ``target``'s device (the path taken off the CPU).
+
+    Dilation is a ``window x window`` max-pool of the foreground, erosion one of the background;
+    the pools pad with -inf, which is OpenCV's neutral border, so the band equals
+    :func:`boundary_band`'s pixel for pixel.
+
+    Args:
+        target: LongTensor (N, H, W) of labels. window: odd positive side, in pixels.
+
+    Returns:
+        BoolTensor (N, H, W) on ``target.device``.
+
+    Raises:
+        ValueError: as :func:`boundary_band`.
+    """
+    window = _check_window(window)
+    if target.dim() != 3:
+        raise ValueError(f"boundary_band: target must be (N, H, W), got shape {tuple(target.shape)}")
+    y = ((target > 0) & (target != ignore_index)).unsqueeze(1).to(torch.float16 if target.is_cuda else torch.float32)
+    pad = window // 2
+    dilated = F.max_pool2d(y, window, stride=1, padding=pad)
+    eroded = 1 - F.max_pool2d(1 - y, window, stride=1, padding=pad)
+    return (dilated != eroded).squeeze(1)
 
 
 def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor,
@@ -155,6 +184,11 @@ def _weighted_ce(logits, target, weight, ignore_index) -> torch.Tensor:
     """Weighted-mean cross-entropy (the value of F.cross_entropy(..., reduction='mean')),
     but 0 (with a graph) instead of NaN when the weighted pixel count is 0 (all ignored)."""
     valid = target != ignore_index
+    if logits.device.type != "cpu":  # no host synchronisation on an accelerator: one masked expression
+        per_pixel = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index, reduction="none")
+        w = valid.to(logits.dtype) if weight is None else weight[torch.where(valid, target, 0)] * valid
+        denom = w.sum()
+        return torch.where(denom > 0, per_pixel.sum() / denom.clamp_min(1e-12), logits.sum() * 0.0)
     if not bool(valid.any()):
         return logits.sum() * 0.0
     if weight is None or bool((weight > 0).all()):

@@ -303,6 +303,8 @@ class StudyWorker:
         cfg = self.ladder.cfgs[rung]
         if cfg.seed != seed:
             cfg = replace(cfg, seed=seed)
+        if cfg.resume_dir is None:  # a trial retried after a crash resumes from its last finished epoch
+            cfg = replace(cfg, resume_dir=os.path.join(self.s.output_dir, self.s.name, "resume"))
         g = get_genotype(g, input_size=cfg.input_size)
         pruning = self.s.mode == "constrained" and trial is not None
 

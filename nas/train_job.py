@@ -7,6 +7,7 @@ Config -> :func:`train_and_save` -> a checkpoint (genotype + weights + metrics) 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,10 @@ def train_and_save(model: str, tcfg: TrainConfig, *, data_root: str | None, cach
 
     Returns:
         the training summary (:meth:`nas.train.TrainResult.summary`) with ``params``,
-        ``conv_macs`` (at ``tcfg.input_size``), ``checkpoint``, ``mlflow_run_id``, ``recipe``, ``init``.
+        ``conv_macs`` (at ``tcfg.input_size``), ``checkpoint``, ``mlflow_run_id``, ``recipe``, ``init``,
+        ``resumed_from_epoch`` (None: a fresh run). The run resumes from ``tcfg.resume_dir``
+        (default ``<output_dir>/resume``) when an interrupted run with the same settings left a
+        resume checkpoint there.
 
     Raises:
         ValueError / FileNotFoundError: an unknown model or a bad genotype file; OSError: an
@@ -52,6 +56,8 @@ def train_and_save(model: str, tcfg: TrainConfig, *, data_root: str | None, cach
     from nas.train import load_data, train_genotype
     from search_spaces import create_model, get_genotype
 
+    if tcfg.resume_dir is None:  # the same command, rerun, resumes from here
+        tcfg = replace(tcfg, resume_dir=str(Path(output_dir) / "resume"))
     g = get_genotype(str(model), num_classes=tcfg.num_classes, input_size=tcfg.input_size)
     cost = cheap_cost(create_model(g), tcfg.input_size)  # warns here, once, about a zero gate
     ckpt = checkpoint_path(output_dir, str(model), g.archid())

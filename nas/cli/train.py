@@ -58,6 +58,10 @@ def main(cfg: DictConfig) -> None:
         print(f"nas-train: training stopped: {exc}", file=sys.stderr)
         print_json_line({"error": "non_finite_loss", "message": str(exc)})
         sys.exit(3)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the resume checkpoint is written
+        print("nas-train: interrupted; rerun the same command to resume from the last finished epoch",
+              file=sys.stderr)
+        sys.exit(130)
     print_json_line(summary)
 
 
