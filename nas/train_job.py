@@ -49,13 +49,15 @@ def train_and_save(model: str, tcfg: TrainConfig, *, data_root: str | None, cach
     Raises:
         ValueError / FileNotFoundError: an unknown model or a bad genotype file; OSError: an
         unwritable ``output_dir``; :class:`nas.train.NonFiniteLossError`: the loss diverged
-        (the MLflow run is closed FAILED in every case).
+        (the MLflow run is closed FAILED in every case); ValueError: ``tcfg.device`` not available.
     """
     from nas.checkpoint import save_checkpoint
     from nas.cost import cheap_cost
+    from nas.device import resolve_device
     from nas.train import load_data, train_genotype
     from search_spaces import create_model, get_genotype
 
+    resolve_device(tcfg.device)  # an unavailable device fails before the data is loaded
     if tcfg.resume_dir is None:  # the same command, rerun, resumes from here
         tcfg = replace(tcfg, resume_dir=str(Path(output_dir) / "resume"))
     g = get_genotype(str(model), num_classes=tcfg.num_classes, input_size=tcfg.input_size)

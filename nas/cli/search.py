@@ -21,6 +21,9 @@ def build_worker(cfg: DictConfig):
     s = study_settings_from(cfg.study)
     check_storage(s.storage)  # before the MLflow store and the data are touched
     tcfg = train_settings_from(cfg.train)
+    from nas.device import resolve_device
+
+    resolve_device(tcfg.device)  # an unavailable train.device fails before any trial starts
     space = instantiate(cfg.space).with_fidelity(tcfg.num_classes, tcfg.input_size)
     sampler = instantiate(cfg.sampler, seed=s.seed)
     pruner = instantiate(cfg.pruner) if s.mode == "constrained" else None

@@ -1,0 +1,84 @@
+"""train.device / train.precision / train.augment_backend: the device paths run with device=cpu; CUDA tests skip."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nas.config import TrainConfig
+from nas.device import autocast, resolve_device
+from nas.train import load_data, train_genotype
+from tests.conftest import PROJECT, cli_env
+
+FAST = dict(epochs=2, schedule="single_stage", input_size=(32, 32), train_fraction=0.05, holdout_fraction=0.2,
+            batch_size=8, lr=3e-3, threads=1, progress=False, device="cpu")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.fixture(scope="module")
+def tiny(eg1800_root, cache_dir):
+    return load_data(str(eg1800_root), TrainConfig(**FAST), cache_dir=str(cache_dir), val_fraction=0.05,
+                     progress=False)
+
+
+def test_device_resolution() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="train.device='tpu'"):
+        resolve_device("tpu")
+    with pytest.raises(ValueError, match="allowed: auto, cpu, cuda, cuda:N"):
+        TrainConfig(device="cuda0")
+    with pytest.raises(ValueError, match="train.precision"):
+        TrainConfig(precision="fp16")
+    with pytest.raises(ValueError, match="train.augment_backend"):
+        TrainConfig(augment_backend="gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_cuda_is_a_clear_error(workdir) -> None:
+    with pytest.raises(ValueError, match=r"train.device=cuda:1: CUDA is not available"):
+        resolve_device("cuda:1")
+    out = subprocess.run([sys.executable, "-m", "nas.cli.train", "fidelity=tiny", "train.device=cuda",
+                          "tracking.enabled=false"], capture_output=True, text=True,
+                         env=cli_env({"PYTHONPATH": str(PROJECT)}))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("nas-train: error: train.device=cuda: CUDA is not available")
+
+
+def test_tensor_backend_trains_on_cpu_deterministically(tiny) -> None:
+    cfg = TrainConfig(**FAST, augment_backend="tensor")
+    a, b = train_genotype("sinet", cfg, tiny), train_genotype("sinet", cfg, tiny)
+    assert [r.train_loss for r in a.history] == [r.train_loss for r in b.history]
+    assert a.miou == b.miou and 0 <= a.miou <= 100 and a.history[0].images_per_s > 0
+    n = train_genotype("sinet", TrainConfig(**FAST), tiny)  # the numpy backend: other augmentations, other loss
+    assert n.history[0].train_loss != a.history[0].train_loss
+    assert all(v.device.type == "cpu" for v in a.best_state.values())
+
+
+def test_bf16_autocast_on_cpu_trains_with_a_finite_loss(tiny) -> None:
+    with autocast(torch.device("cpu"), "bf16"):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    res = train_genotype("sinet", TrainConfig(**{**FAST, "epochs": 1}, precision="bf16"), tiny)
+    assert torch.isfinite(torch.tensor(res.history[0].train_loss)) and 0 <= res.miou <= 100
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("backend,precision", [("tensor", "bf16"), ("numpy", "fp32")])
+def test_cuda_training_runs_and_returns_cpu_weights(tiny, backend, precision) -> None:
+    cfg = TrainConfig(**{**FAST, "device": "cuda"}, augment_backend=backend, precision=precision)
+    res = train_genotype("sinet", cfg, tiny)
+    assert 0 < res.miou <= 100 and all(v.device.type == "cpu" for v in res.best_state.values())
+    assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_boundary_band_matches_opencv() -> None:
+    from nas.losses import boundary_band
+
+    t = (torch.rand(4, 64, 48) > 0.5).long()
+    assert torch.equal(boundary_band(t.cuda(), 15).cpu(), boundary_band(t, 15))
