@@ -168,18 +168,28 @@ class TensorAugment:
         return (kornia.enhance.sharpness(x / 255.0, p["sharpness"]) * 255.0).round()
 
     def _blur(self, x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = x
+        # On an accelerator every (kind, size) filters the whole batch and a mask picks (no host
+        # synchronisation); on the CPU only the images that drew it are filtered (6x less work).
+        subset = x.device.type == "cpu"
+        out = x.clone() if subset else x
         for kind_i, kind in enumerate(_BLUR_KINDS):
             for k in self.config.blur_kernels:
                 sel = p["blur"] & (p["blur_kind"] == kind_i) & (p["blur_kernel"] == k)
-                if kind == "gaussian":
-                    y = kornia.filters.gaussian_blur2d(x, (k, k), (_opencv_sigma(k),) * 2, border_type="reflect")
-                elif kind == "median":
-                    y = kornia.filters.median_blur(x, (k, k))
+                if subset:
+                    idx = sel.nonzero().flatten()
+                    if len(idx):
+                        out[idx] = _filter(kind, x[idx], k)
                 else:
-                    y = kornia.filters.box_blur(x, (k, k), border_type="reflect")
-                out = torch.where(sel.view(-1, 1, 1, 1), y, out)  # whole-batch ops: no host synchronisation
+                    out = torch.where(sel.view(-1, 1, 1, 1), _filter(kind, x, k), out)
         return out
+
+
+def _filter(kind: str, x: torch.Tensor, k: int) -> torch.Tensor:
+    if kind == "gaussian":
+        return kornia.filters.gaussian_blur2d(x, (k, k), (_opencv_sigma(k),) * 2, border_type="reflect")
+    if kind == "median":
+        return kornia.filters.median_blur(x, (k, k))
+    return kornia.filters.box_blur(x, (k, k), border_type="reflect")
 
 
 class DeviceBatches:
