@@ -44,12 +44,13 @@ def predict_image(
 ) -> np.ndarray:
     """Person mask of one RGB uint8 H x W x 3 image: uint8 H x W in {0, 1}.
 
-    The image is resized to ``size`` = (h, w) and normalised as ``preprocessing`` says, scored,
-    and the mask resized back to H x W (nearest).
+    The image is resized to ``size`` = (h, w) and normalised as ``preprocessing`` says, scored
+    on the device of ``model``'s parameters, and the mask resized back to H x W (nearest).
     """
     h, w = image.shape[:2]
-    x = preprocessing.apply(preprocessing.resize_image(image, size)[None])
-    pred = model.predict(x)[0].numpy().astype(np.uint8)
+    device = next(model.parameters()).device
+    x = preprocessing.apply(preprocessing.resize_image(image, size)[None]).to(device)
+    pred = model.predict(x)[0].cpu().numpy().astype(np.uint8)
     return cv2.resize(pred, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
@@ -63,34 +64,39 @@ def evaluate_checkpoint(
     cache_dir=None,
     fraction: float = 1.0,
     return_predictions: bool = False,
+    device: str = "auto",
 ) -> dict:
     """Score a checkpoint on an EG1800 split with its own preprocessing (what ``nas-eval`` runs).
 
     Labels are nearest-resized to ``input_size`` (default: the genotype's); the metric is
-    :class:`nas.metrics.SegmentationMetrics` (``miou`` = foreground IoU per image, x100).
+    :class:`nas.metrics.SegmentationMetrics` (``miou`` = foreground IoU per image, x100). The
+    network runs on ``device`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``, :func:`nas.device.resolve_device`).
 
     Returns:
         the metrics plus ``images``, ``skipped_ids``, ``input_size``, ``ids`` and, with
         ``return_predictions``, ``predictions`` (uint8 N x h x w in {0, 1}).
 
     Raises:
-        FileNotFoundError, ValueError: a bad checkpoint or data file (named).
+        FileNotFoundError, ValueError: a bad checkpoint or data file (named), or an unavailable device.
     """
     from nas.data import load_split_arrays
+    from nas.device import resolve_device
     from nas.metrics import SegmentationMetrics, predictions_from_logits
 
+    dev = resolve_device(device, key="device")
     model, meta = load_checkpoint(checkpoint)
+    model.to(dev)
     pre: Preprocessing = meta["preprocessing"]
     size = tuple(int(v) for v in (input_size or meta["genotype"].input_size))
     arrays = load_split_arrays(root, split, size, cache_dir=cache_dir, fraction=fraction)
     images = load_eval_images(pre, arrays.ids, root, size, cached=arrays.images)
     metrics, preds = SegmentationMetrics(), []
     for s in range(0, len(arrays), batch_size):
-        logits = model(pre.apply(images[s : s + batch_size]))
+        logits = model(pre.apply(images[s : s + batch_size]).to(dev))
         target = torch.from_numpy(arrays.masks[s : s + batch_size]).long()
         metrics.update(logits, target)
         if return_predictions:
-            preds.append(predictions_from_logits(logits).numpy().astype(np.uint8))
+            preds.append(predictions_from_logits(logits).cpu().numpy().astype(np.uint8))
     out = metrics.compute()
     out.update(
         images=len(arrays),
@@ -105,15 +111,20 @@ def evaluate_checkpoint(
 
 
 def predict_files(
-    checkpoint: str, inputs: Sequence[str], out_dir: str, input_size=None
+    checkpoint: str, inputs: Sequence[str], out_dir: str, input_size=None, device: str = "auto"
 ) -> list[tuple[Path, Path, Path]]:
-    """Write ``<stem>_mask.png`` (0/255) and ``<stem>_overlay.png`` for each input image.
+    """Write ``<stem>_mask.png`` (0/255) and ``<stem>_overlay.png`` for each input image; the network
+    runs on ``device`` (:func:`nas.device.resolve_device`).
 
     Raises:
         FileNotFoundError: a missing checkpoint or input. ValueError: an
-            unreadable image (named) or no images at all.
+            unreadable image (named), no images at all, or an unavailable device.
     """
+    from nas.device import resolve_device
+
+    dev = resolve_device(device, key="device")
     model, meta = load_checkpoint(checkpoint)
+    model.to(dev)
     size = tuple(input_size or meta["genotype"].input_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -82,3 +82,23 @@ def test_cuda_boundary_band_matches_opencv() -> None:
 
     t = (torch.rand(4, 64, 48) > 0.5).long()
     assert torch.equal(boundary_band(t.cuda(), 15).cpu(), boundary_band(t, 15))
+
+
+def test_eval_and_predict_run_on_the_named_device(workdir, eg1800_root) -> None:
+    from nas.checkpoint import save_checkpoint
+    from nas.predict import evaluate_checkpoint, predict_files
+    from search_spaces import create_model, get_genotype
+
+    torch.manual_seed(0)
+    g = get_genotype("sinet")
+    ckpt = save_checkpoint(workdir / "m.pt", g, create_model(g).state_dict())
+    m = evaluate_checkpoint(ckpt, eg1800_root, "val", (32, 32), fraction=0.03, device="cpu")
+    assert m["images"] > 0 and 0 <= m["miou"] <= 100
+    written = predict_files(str(ckpt), [str(eg1800_root / "images_data_crop" / "00010.jpg")], "pred", (32, 32),
+                            device="cpu")
+    assert written[0][1].stat().st_size > 0
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device=cuda: CUDA is not available"):
+            evaluate_checkpoint(ckpt, eg1800_root, "val", (32, 32), fraction=0.03, device="cuda")
+        with pytest.raises(ValueError, match="device=cuda:0: CUDA is not available"):
+            predict_files(str(ckpt), [str(eg1800_root / "images_data_crop" / "00010.jpg")], "pred", device="cuda:0")

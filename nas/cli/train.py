@@ -70,7 +70,7 @@ def eval_main(cfg: DictConfig) -> None:
     from nas.predict import evaluate_checkpoint
 
     m = evaluate_checkpoint(cfg.checkpoint, cfg.data.root, cfg.split, cfg.input_size, cfg.batch_size,
-                            cache_dir=cfg.data.cache_dir, fraction=cfg.data.val_fraction)
+                            cache_dir=cfg.data.cache_dir, fraction=cfg.data.val_fraction, device=str(cfg.device))
     size = m["input_size"]
     print(f"{cfg.checkpoint}: {cfg.split} {m['images']} images at {size[0]}x{size[1]} "
           f"({m['preprocessing']['channel_order']}, resize {m['preprocessing']['resize']}): "
@@ -84,7 +84,8 @@ def predict_main(cfg: DictConfig) -> None:
     from nas.predict import predict_files
 
     inputs = cfg.inputs if OmegaConf.is_list(cfg.inputs) else [cfg.inputs]
-    written = predict_files(cfg.checkpoint, [str(p) for p in inputs], cfg.out_dir, cfg.input_size)
+    written = predict_files(cfg.checkpoint, [str(p) for p in inputs], cfg.out_dir, cfg.input_size,
+                            device=str(cfg.device))
     for src, mask, overlay in written:
         print(f"{src} -> {mask}, {overlay}")
     print_json_line({"images": len(written), "out_dir": str(cfg.out_dir)})
