@@ -50,6 +50,10 @@ def _fidelity_choice() -> str:
 
 @hydra_app("search")
 def main(cfg: DictConfig) -> None:
+    if int(cfg.workers) != 1 or cfg.devices:  # K processes of this command, workers=1 each
+        from nas.workers import run_parallel
+
+        sys.exit(run_parallel("nas.cli.search", "nas-search", int(cfg.workers), [str(d) for d in cfg.devices]))
     worker = build_worker(cfg)
     try:
         summary = worker.run()
