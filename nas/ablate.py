@@ -273,12 +273,16 @@ class Cell:
 
 
 # How a cell is run, not what it is: changing these does not make a new cell.
-_EXECUTION_KEYS = ("threads", "progress", "num_workers", "eval_batch_size", "channels_last", "compile")
+_EXECUTION_KEYS = ("threads", "progress", "num_workers", "eval_batch_size", "channels_last", "compile",
+                   "device", "resume_every", "resume_dir", "check_every")
+# Keys added later, at the value that reproduces the earlier cells: at that value they stay out of the identity.
+_NEUTRAL = {"precision": "fp32", "augment_backend": "numpy"}
 
 
 def _cell_hash(exp: Experiment, g: Genotype, tcfg: TrainConfig) -> str:
     """Identity of a cell: its genotype and every training setting that can change its result."""
-    train = {k: v for k, v in tcfg.as_dict().items() if k not in _EXECUTION_KEYS}
+    train = {k: v for k, v in tcfg.as_dict().items()
+             if k not in _EXECUTION_KEYS and not (k in _NEUTRAL and v == _NEUTRAL[k])}
     blob = json.dumps({"genotype": g.to_dict(), "train": train}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 

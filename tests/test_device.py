@@ -102,3 +102,21 @@ def test_eval_and_predict_run_on_the_named_device(workdir, eg1800_root) -> None:
             evaluate_checkpoint(ckpt, eg1800_root, "val", (32, 32), fraction=0.03, device="cuda")
         with pytest.raises(ValueError, match="device=cuda:0: CUDA is not available"):
             predict_files(str(ckpt), [str(eg1800_root / "images_data_crop" / "00010.jpg")], "pred", device="cuda:0")
+
+
+def test_new_keys_at_their_defaults_keep_finished_cells_identical() -> None:
+    from nas.ablate import _cell_hash
+    from nas.fidelity import cell_train_identity
+    from search_spaces import get_genotype
+
+    g, base = get_genotype("sinet"), TrainConfig(epochs=2, schedule="single_stage")
+    old = {k: v for k, v in base.as_dict().items()
+           if k not in ("device", "resume_every", "resume_dir", "check_every", "precision", "augment_backend")}
+    assert cell_train_identity(base) == cell_train_identity(TrainConfig(epochs=2, schedule="single_stage"))
+    assert set(cell_train_identity(base)) <= set(old)  # none of the new keys at its default is in the identity
+    how = TrainConfig(epochs=2, schedule="single_stage", device="cpu", resume_every=3, resume_dir="x", check_every=1)
+    assert _cell_hash(None, g, how) == _cell_hash(None, g, base)
+    assert cell_train_identity(how) == cell_train_identity(base)
+    other = TrainConfig(epochs=2, schedule="single_stage", augment_backend="tensor")
+    assert _cell_hash(None, g, other) != _cell_hash(None, g, base)
+    assert cell_train_identity(other) != cell_train_identity(base)
