@@ -114,3 +114,20 @@ def test_sigkilled_nas_train_rerun_ends_bit_identical(workdir) -> None:
     a, b = (torch.load(r["checkpoint"], weights_only=False)["state_dict"] for r in (ref, got))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not list((out / "resume").glob("*.resume.pt"))
+
+
+def test_search_trials_train_with_the_study_resume_folder(tmp_path, monkeypatch) -> None:
+    """A retried trial trains the same genotype at the same rung and seed, so it finds the interrupted
+    run's file under ``<output_dir>/<study>/resume`` (the resume itself: the tests above)."""
+    from tests.test_schedule import ROWS, Table, make_worker
+
+    monkeypatch.chdir(tmp_path)
+    t, seen = Table(ROWS), []
+    monkeypatch.setattr("nas.study.genotype_cost", t.cost)
+
+    def train(g, cfg, data, on_epoch=None):
+        seen.append(cfg.resume_dir)
+        return t.train(g, cfg, data, on_epoch)
+
+    make_worker(["study.name=res", "study.n_trials=2", "study.output_dir=out"], train).run()
+    assert seen == [str(Path("out") / "res" / "resume")] * 2
