@@ -120,3 +120,16 @@ def test_new_keys_at_their_defaults_keep_finished_cells_identical() -> None:
     other = TrainConfig(epochs=2, schedule="single_stage", augment_backend="tensor")
     assert _cell_hash(None, g, other) != _cell_hash(None, g, base)
     assert cell_train_identity(other) != cell_train_identity(base)
+
+
+def test_every_training_command_takes_the_device_key() -> None:
+    from nas.config import train_settings_from
+    from tests.conftest import compose
+
+    for name, node, extra in [("train", "train", []), ("search", "train", ["workers=2"]),
+                              ("fidelity_study", "train", []), ("ablate", "recipe", ["experiment=x"])]:
+        cfg = compose(name, [f"{node}.device=cpu", f"{node}.precision=bf16", *extra])
+        t = train_settings_from(cfg[node])
+        assert (t.device, t.precision, t.augment_backend, t.resume_every) == ("cpu", "bf16", "numpy", 1), name
+    assert compose("eval", ["checkpoint=x", "device=cuda:1"]).device == "cuda:1"
+    assert compose("predict", ["checkpoint=x", "inputs=y"]).device == "auto"
