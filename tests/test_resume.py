@@ -34,11 +34,12 @@ def _same(a, b) -> None:
     assert all(torch.equal(a.best_state[k], b.best_state[k]) for k in a.best_state)
 
 
-@pytest.mark.parametrize("stop_at,how", [(3, "sigterm"), (2, "ctrl-c")])
-def test_interrupted_run_resumes_to_the_same_result(tiny, tmp_path, stop_at, how) -> None:
-    ref = train_genotype("sinet", TrainConfig(**FAST), tiny)
+@pytest.mark.parametrize("stop_at,how,backend", [(3, "sigterm", "numpy"), (2, "ctrl-c", "numpy"),
+                                                 (3, "ctrl-c", "tensor")])
+def test_interrupted_run_resumes_to_the_same_result(tiny, tmp_path, stop_at, how, backend) -> None:
+    ref = train_genotype("sinet", TrainConfig(**FAST, augment_backend=backend), tiny)
     # resume_every=100: only the interrupt writes the file
-    cfg = TrainConfig(**FAST, resume_dir=str(tmp_path), resume_every=100)
+    cfg = TrainConfig(**FAST, resume_dir=str(tmp_path), resume_every=100, augment_backend=backend)
 
     def stop(rec) -> None:
         if rec.global_epoch == stop_at:
