@@ -204,6 +204,7 @@ class DeviceBatches:
             resume checkpoint) and the root of every batch's augmentation generator
             (:func:`batch_generator` (seed, epoch, batch index)).
         mean, std: per-channel normalisation, RGB, 0..255 units.
+        tensors: ``arrays`` already on ``device`` (:meth:`to_device`), to share one copy.
 
     ``epoch(e)`` yields ``(x float32 (B, 3, H, W) = (image - mean) / std, y int64 (B, H, W) in {0, 1})``
     on ``device``, ``len(arrays) // batch_size`` of them.
@@ -214,18 +215,24 @@ class DeviceBatches:
 
     def __init__(self, arrays: SplitArrays, batch_size: int, device: torch.device | str,
                  config: AugmentConfig | None = None, seed: int = 0, mean: Sequence[float] = MEAN_RGB,
-                 std: Sequence[float] = STD_RGB) -> None:
+                 std: Sequence[float] = STD_RGB, tensors: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         if not 1 <= batch_size <= len(arrays):
             raise ValueError(f"batch_size={batch_size}; allowed: 1..{len(arrays)} (the split's size)")
         self.device = torch.device(device)
-        self.images = torch.from_numpy(arrays.images).to(self.device).permute(0, 3, 1, 2).contiguous()
-        self.masks = torch.from_numpy(arrays.masks).to(self.device)
+        self.images, self.masks = tensors if tensors is not None else self.to_device(arrays, self.device)
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.augment = TensorAugment(config)
         self.generator = torch.Generator()
         self.generator.manual_seed(self.seed)
         self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self._inv_std = 1.0 / torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+
+    @staticmethod
+    def to_device(arrays: SplitArrays, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images uint8 (N, 3, H, W), masks uint8 (N, H, W))`` of ``arrays`` on ``device`` (one copy)."""
+        dev = torch.device(device)
+        return (torch.from_numpy(arrays.images).to(dev).permute(0, 3, 1, 2).contiguous(),
+                torch.from_numpy(arrays.masks).to(dev))
 
     def __len__(self) -> int:
         return len(self.images) // self.batch_size

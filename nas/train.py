@@ -138,12 +138,17 @@ class TrainResult:
 
 @dataclass
 class DataBundle:
-    """Arrays for one fidelity: training, holdout (may be empty) and validation."""
+    """Arrays for one fidelity: training, holdout (may be empty) and validation.
+
+    ``on_device`` caches the training split's uint8 tensors per device (``train.augment_backend=tensor``):
+    copied to a device once, then shared by both stages and by every trial trained on this bundle.
+    """
 
     train: SplitArrays
     holdout: SplitArrays | None
     val: SplitArrays
     skipped_ids: int
+    on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False, compare=False)
 
 
 def load_data(
@@ -244,7 +249,9 @@ def _batches(stage: int, data: DataBundle, cfg: TrainConfig, device: torch.devic
     if cfg.augment_backend == "tensor":
         from nas.tensor_augment import DeviceBatches
 
-        src = DeviceBatches(data.train, bs, device, cfg.augment, seed=seed)
+        if str(device) not in data.on_device:
+            data.on_device[str(device)] = DeviceBatches.to_device(data.train, device)
+        src = DeviceBatches(data.train, bs, device, cfg.augment, seed=seed, tensors=data.on_device[str(device)])
         return src.epoch, src.generator
     ds = SegmentationDataset.from_arrays(data.train, augment=Augment(cfg.augment), seed=seed)
     loader = make_loader(ds, bs, shuffle=True, seed=seed, num_workers=cfg.num_workers)

@@ -145,3 +145,18 @@ def test_cuda_batches_stay_on_the_device(pairs) -> None:
     _, _, a = pairs
     xb, yb = next(iter(DeviceBatches(a, 8, "cuda", seed=0).epoch(0)))
     assert xb.is_cuda and yb.is_cuda and xb.shape == (8, 3, 64, 64)
+
+
+def test_the_split_is_copied_to_the_device_once_per_bundle(eg1800_root, cache_dir) -> None:
+    from nas.train import TrainConfig, load_data, train_genotype
+
+    cfg = TrainConfig(epochs=2, stage1_epochs=1, input_size=(32, 32), train_fraction=0.03, holdout_fraction=0.2,
+                      batch_size=4, stage1_batch_size=4, threads=1, progress=False, device="cpu",
+                      augment_backend="tensor")
+    data = load_data(str(eg1800_root), cfg, cache_dir=str(cache_dir), val_fraction=0.03, progress=False)
+    train_genotype("sinet", cfg, data)
+    images, masks = data.on_device["cpu"]
+    assert images.shape == (len(data.train), 3, 32, 32) and images.dtype == torch.uint8
+    assert torch.equal(masks, torch.from_numpy(data.train.masks))
+    train_genotype("sinet", cfg, data)  # both stages, and a second run, use that one copy
+    assert data.on_device["cpu"][0] is images
