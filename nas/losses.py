@@ -184,11 +184,8 @@ def _weighted_ce(logits, target, weight, ignore_index) -> torch.Tensor:
     """Weighted-mean cross-entropy (the value of F.cross_entropy(..., reduction='mean')),
     but 0 (with a graph) instead of NaN when the weighted pixel count is 0 (all ignored)."""
     valid = target != ignore_index
-    if logits.device.type != "cpu":  # no host synchronisation on an accelerator: one masked expression
-        per_pixel = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index, reduction="none")
-        w = valid.to(logits.dtype) if weight is None else weight[torch.where(valid, target, 0)] * valid
-        denom = w.sum()
-        return torch.where(denom > 0, per_pixel.sum() / denom.clamp_min(1e-12), logits.sum() * 0.0)
+    if logits.device.type != "cpu":  # no host synchronisation on an accelerator
+        return _weighted_ce_nosync(logits, target, weight, ignore_index)
     if not bool(valid.any()):
         return logits.sum() * 0.0
     if weight is None or bool((weight > 0).all()):
@@ -200,6 +197,15 @@ def _weighted_ce(logits, target, weight, ignore_index) -> torch.Tensor:
     if float(denom) <= 0.0:
         return logits.sum() * 0.0
     return per_pixel.sum() / denom
+
+
+def _weighted_ce_nosync(logits, target, weight, ignore_index) -> torch.Tensor:
+    """:func:`_weighted_ce` as one masked expression (no data-dependent branch, so no host sync)."""
+    valid = target != ignore_index
+    per_pixel = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index, reduction="none")
+    w = valid.to(logits.dtype) if weight is None else weight[torch.where(valid, target, 0)] * valid
+    denom = w.sum()
+    return torch.where(denom > 0, per_pixel.sum() / denom.clamp_min(1e-12), logits.sum() * 0.0)
 
 
 class SegmentationLoss(torch.nn.Module):

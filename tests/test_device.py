@@ -133,3 +133,18 @@ def test_every_training_command_takes_the_device_key() -> None:
         assert (t.device, t.precision, t.augment_backend, t.resume_every) == ("cpu", "bf16", "numpy", 1), name
     assert compose("eval", ["checkpoint=x", "device=cuda:1"]).device == "cuda:1"
     assert compose("predict", ["checkpoint=x", "inputs=y"]).device == "auto"
+
+
+def test_the_accelerator_loss_paths_equal_the_cpu_ones_on_real_masks(tiny) -> None:
+    from nas.losses import _weighted_ce, _weighted_ce_nosync, boundary_band, boundary_band_pooled
+
+    torch.manual_seed(0)
+    y = torch.from_numpy(tiny.train.masks[:6]).long()
+    y[0, :4] = 255  # some ignored pixels
+    logits = torch.randn(6, 2, *y.shape[1:])
+    for w in (None, torch.tensor([0.7, 1.9]), torch.tensor([0.0, 1.0])):
+        assert torch.allclose(_weighted_ce_nosync(logits, y, w, 255), _weighted_ce(logits, y, w, 255), atol=1e-6)
+    all_ignored = torch.full_like(y, 255)
+    assert _weighted_ce_nosync(logits, all_ignored, None, 255).item() == 0.0
+    for window in (5, 15):
+        assert torch.equal(boundary_band_pooled(y, window), boundary_band(y, window))
