@@ -25,7 +25,14 @@ import torch
 
 from nas.augment import Augment
 from nas.config import AugmentConfig
-from nas.data import SegmentationDataset, load_split_arrays, make_loader, read_split
+from nas.data import (
+    SegmentationDataset,
+    load_split_arrays,
+    make_loader,
+    read_split,
+    remove_split_duplicates,
+    split_holdout,
+)
 from nas.device import configure_backends, resolve_device
 from nas.losses import SegmentationLoss
 from nas.tensor_augment import DeviceBatches, TensorAugment, batch_generator
@@ -151,7 +158,8 @@ def main() -> None:
     n_train = len(read_split(a.data_root, "train").ids)
     arrays = load_split_arrays(a.data_root, "train", (a.size, a.size), fraction=min(1.0, need / n_train),
                                progress=False)
-    epoch_images = round(0.9 * len(read_split(a.data_root, "train").ids))
+    kept, _ = remove_split_duplicates(a.data_root, read_split(a.data_root, "train").ids)
+    epoch_images = len(split_holdout(kept, TrainConfig().holdout_fraction)[0])  # what one full-recipe epoch sees
     print(f"torch {torch.__version__}, device {device}, {a.threads} CPU thread(s), {a.size}x{a.size}, "
           f"{len(arrays)} EG1800 training images loaded; median of {a.steps} steps")
     print("augmentation alone (the release's pipeline, uint8 in and out):")
