@@ -111,9 +111,9 @@ def bench_augment(arrays, batch: int, backend: str, device: torch.device, repeat
     return repeats * n / (time.perf_counter() - t0)
 
 
-def bench_end_to_end(name: str, arrays, batch: int, size: int, steps: int, device: torch.device, backend: str,
-                     channels_last: bool, compile: bool) -> float:
-    """images/s of data + augmentation + transfer + step, median over ``steps`` batches after one warm-up."""
+def bench_end_to_end(name: str, arrays, batch: int, size: int, steps: int, warmup: int, device: torch.device,
+                     backend: str, channels_last: bool, compile: bool) -> float:
+    """images/s of data + augmentation + transfer + step, median over ``steps`` batches after ``warmup``."""
     step = _trainer(name, size, device, channels_last, compile)
     if backend == "tensor":
         batches = DeviceBatches(arrays, batch, device, AugmentConfig(), seed=0).epoch(0)
@@ -122,13 +122,13 @@ def bench_end_to_end(name: str, arrays, batch: int, size: int, steps: int, devic
         batches = ((x.to(device, non_blocking=True), y.to(device, non_blocking=True))
                    for x, y in make_loader(ds, batch, shuffle=True, seed=0))
     times = []
-    for i in range(steps + 1):
+    for i in range(warmup + steps):
         _sync(device)
         t0 = time.perf_counter()
         x, y = next(batches)
         step(x, y)
         _sync(device)
-        if i:
+        if i >= warmup:
             times.append(time.perf_counter() - t0)
     return batch / statistics.median(times)
 
@@ -154,7 +154,7 @@ def main() -> None:
     scales = [int(s) for s in a.scale.split(",")]
     backends = [b for b in a.augment.split(",") if b]
     biggest = max(RELEASE_BATCH[m] for m in models) * max(scales)
-    need = biggest * (a.steps + 2)  # a batch of margin: the subset's size is rounded
+    need = biggest * (a.steps + a.warmup + 1)  # a batch of margin: the subset's size is rounded
     n_train = len(read_split(a.data_root, "train").ids)
     arrays = load_split_arrays(a.data_root, "train", (a.size, a.size), fraction=min(1.0, need / n_train),
                                progress=False)
@@ -176,10 +176,11 @@ def main() -> None:
                 print(f"{name:<13} batch {batch:<4} step only            {ips:8.1f} images/s {ms:9.1f} ms/step{ref}",
                       flush=True)
             for backend in backends:
-                if len(arrays) < batch * (a.steps + 1):
+                if len(arrays) < batch * (a.steps + a.warmup):
                     print(f"{name:<13} batch {batch:<4} end to end, {backend}: skipped (too few images loaded)")
                     continue
-                ips = bench_end_to_end(name, arrays, batch, a.size, a.steps, device, backend, True, a.compile)
+                ips = bench_end_to_end(name, arrays, batch, a.size, a.steps, a.warmup, device, backend, True,
+                                       a.compile)
                 print(f"{name:<13} batch {batch:<4} end to end, {backend:<7} {ips:8.1f} images/s "
                       f"{epoch_images / ips:9.1f} s per full-recipe epoch ({epoch_images} images)", flush=True)
 
