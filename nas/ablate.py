@@ -283,15 +283,17 @@ class Cell:
 
 
 # How a cell is run, not what it is: changing these does not make a new cell.
-_EXECUTION_KEYS = ("threads", "progress", "num_workers", "eval_batch_size", "channels_last", "compile")
+_EXECUTION_KEYS = ("threads", "progress", "num_workers", "eval_batch_size", "channels_last", "compile",
+                   "device", "resume_every", "resume_dir", "check_every")
+# Keys added later, at the value that reproduces the earlier cells: at that value they stay out of the identity.
+_NEUTRAL = {"precision": "fp32", "augment_backend": "numpy", "data_classes": 2}
 
 
 def _cell_hash(exp: Experiment, g: Genotype, tcfg: TrainConfig, data: dict | None = None) -> str:
     """Identity of a cell: its genotype, every training setting that can change its result and the data set
     (``data``: a reader's :meth:`~nas.datasets.DatasetReader.describe`; None for EG1800, as before)."""
-    train = {k: v for k, v in tcfg.as_dict().items() if k not in _EXECUTION_KEYS}
-    if train.get("data_classes") == 2:  # added later: at its EG1800 value it keeps earlier cells' identity
-        train.pop("data_classes")
+    train = {k: v for k, v in tcfg.as_dict().items()
+             if k not in _EXECUTION_KEYS and not (k in _NEUTRAL and v == _NEUTRAL[k])}
     # the input size sits beside the genotype, where it stood when the genotype carried it: same hashes
     genotype = {**g.to_dict(), "input_size": list(tcfg.input_size)}
     ident = {"genotype": genotype, "train": train} | ({"data": data} if data else {})

@@ -25,6 +25,7 @@ This module imports neither torch nor OpenCV.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -152,6 +153,9 @@ class DataConfig:
 
 
 SELECTIONS = ("holdout", "last", "val_best")
+PRECISIONS = ("fp32", "bf16")
+AUGMENT_BACKENDS = ("numpy", "tensor")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,21 @@ class TrainConfig:
             ``data`` node by :meth:`nas.datasets.DataSource.train_config`; 2
             for EG1800). ``loss=ce`` trains K output channels, ``lovasz`` 1
             (binary data sets only).
+        resume_every: write the resume checkpoint every this many epochs
+            (and on SIGTERM / Ctrl-C); 0 turns resuming off.
+        resume_dir: folder of resume checkpoints (``None``: ``nas-train`` uses
+            ``<output_dir>/resume``, a search ``<study output>/resume``; no
+            folder at all: no resuming). A rerun with the same settings
+            resumes from the file there (:mod:`nas.resume`).
+        device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or
+            ``cuda:N`` (:func:`nas.device.resolve_device`).
+        precision: ``fp32`` (TF32 allowed for matmuls and convolutions on
+            CUDA) or ``bf16`` (autocast of the forward pass and the loss).
+        augment_backend: ``numpy`` (per image, OpenCV, in the DataLoader:
+            :mod:`nas.augment`) or ``tensor`` (per batch on ``device``, from
+            uint8 tensors held there: :mod:`nas.tensor_augment`).
+        check_every: steps between the checks that the training loss is
+            finite (one host synchronisation each; 1 = every step).
     """
 
     epochs: int = 600
@@ -237,6 +256,12 @@ class TrainConfig:
     val_best_after: float = 0.6
     init: str | None = None
     data_classes: int = 2
+    resume_every: int = 1
+    resume_dir: str | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    augment_backend: str = "numpy"
+    check_every: int = 10
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
@@ -268,6 +293,16 @@ class TrainConfig:
         if self.loss == "lovasz" and self.data_classes != 2:
             raise ValueError(f"train.loss=lovasz is a binary loss but the data set has {self.data_classes} classes; "
                              "use train.loss=ce (recipe=sinet)")
+        if self.resume_every < 0:
+            raise ValueError(f"train.resume_every={self.resume_every}; allowed: an integer >= 0 (0: off)")
+        if not _DEVICE_RE.match(str(self.device)):
+            raise ValueError(f"train.device={self.device!r}; allowed: auto, cpu, cuda, cuda:N")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision={self.precision!r}; allowed: {', '.join(PRECISIONS)}")
+        if self.augment_backend not in AUGMENT_BACKENDS:
+            raise ValueError(f"train.augment_backend={self.augment_backend!r}; allowed: {', '.join(AUGMENT_BACKENDS)}")
+        if self.check_every < 1:
+            raise ValueError(f"train.check_every={self.check_every}; allowed: an integer >= 1")
 
     @property
     def stage1_epochs_resolved(self) -> int:

@@ -66,11 +66,12 @@ PROXY_RUNG = "proxy"
 BASELINES = ("params", "conv_macs")
 # How a cell is run, not what it is: these never change a cell's identity.
 _EXECUTION_KEYS = ("threads", "progress", "num_workers", "eval_batch_size", "channels_last", "compile",
+                   "device", "resume_every", "resume_dir", "check_every",
                    "recipe")  # recipe: the name its values came from; the values themselves are in the identity
 # Training keys added after the first studies ran, at the value that reproduces the earlier behaviour: at that
 # value they stay out of the identity, so finished cells keep being read back (any other value makes a new cell).
 _NEUTRAL: dict[str, Any] = {"lovasz_per_image": True, "selection": "holdout", "val_best_after": 0.6, "init": None,
-                            "data_classes": 2}
+                            "data_classes": 2, "precision": "fp32", "augment_backend": "numpy"}
 
 
 def cell_train_identity(cfg: TrainConfig) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 __all__ = [
     "class_weights_from_masks",
     "boundary_band",
+    "boundary_band_pooled",
     "lovasz_hinge",
     "SegmentationLoss",
     "downsample_labels",
@@ -103,11 +104,42 @@ def boundary_band(target: torch.Tensor, window: int, ignore_index: int = 255) ->
     if target.dim() != 3:
         raise ValueError(f"boundary_band: target must be (N, H, W), got shape "
                          f"{tuple(target.shape)}")
+    if target.device.type != "cpu":
+        return boundary_band_pooled(target, window, ignore_index)
     t = target.clamp(0, 255)
     y = torch.where(target == ignore_index, torch.zeros_like(t), t).to(torch.uint8).cpu().numpy()
     kernel = np.ones((window, window), np.uint8)
     band = np.stack([cv2.dilate(m, kernel) != cv2.erode(m, kernel) for m in y]) if len(y) else y.astype(bool)
     return torch.from_numpy(band).to(target.device)
+
+
+def boundary_band_pooled(target: torch.Tensor, window: int, ignore_index: int = 255) -> torch.Tensor:
+    """:func:`boundary_band` with max-pooling, on ``target``'s device (the path taken off the CPU).
+
+    Dilation is a ``window x window`` max-pool of the label map, erosion the max-pool of its
+    negation; the pools pad with -inf, which is OpenCV's neutral border, so the band equals
+    :func:`boundary_band`'s pixel for pixel (the union of every class's edges).
+
+    Args:
+        target: LongTensor (N, H, W) of labels. window: odd positive side, in pixels.
+
+    Returns:
+        BoolTensor (N, H, W) on ``target.device``.
+
+    Raises:
+        ValueError: as :func:`boundary_band`.
+    """
+    window = _check_window(window)
+    if target.dim() != 3:
+        raise ValueError(f"boundary_band: target must be (N, H, W), got shape {tuple(target.shape)}")
+    # label maps (ignored pixels as background): grey dilation = local max, erosion = local min, so the
+    # band is the union of every class's edges, as on the CPU; labels <= 255 are exact in float16
+    t = torch.where(target == ignore_index, torch.zeros_like(target), target.clamp(0, 255))
+    y = t.unsqueeze(1).to(torch.float16 if target.is_cuda else torch.float32)
+    pad = window // 2
+    dilated = F.max_pool2d(y, window, stride=1, padding=pad)
+    eroded = -F.max_pool2d(-y, window, stride=1, padding=pad)
+    return (dilated != eroded).squeeze(1)
 
 
 def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor,
@@ -158,6 +190,8 @@ def _weighted_ce(logits, target, weight, ignore_index) -> torch.Tensor:
     """Weighted-mean cross-entropy (the value of F.cross_entropy(..., reduction='mean')),
     but 0 (with a graph) instead of NaN when the weighted pixel count is 0 (all ignored)."""
     valid = target != ignore_index
+    if logits.device.type != "cpu":  # no host synchronisation on an accelerator
+        return _weighted_ce_nosync(logits, target, weight, ignore_index)
     if not bool(valid.any()):
         return logits.sum() * 0.0
     if weight is None or bool((weight > 0).all()):
@@ -169,6 +203,15 @@ def _weighted_ce(logits, target, weight, ignore_index) -> torch.Tensor:
     if float(denom) <= 0.0:
         return logits.sum() * 0.0
     return per_pixel.sum() / denom
+
+
+def _weighted_ce_nosync(logits, target, weight, ignore_index) -> torch.Tensor:
+    """:func:`_weighted_ce` as one masked expression (no data-dependent branch, so no host sync)."""
+    valid = target != ignore_index
+    per_pixel = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index, reduction="none")
+    w = valid.to(logits.dtype) if weight is None else weight[torch.where(valid, target, 0)] * valid
+    denom = w.sum()
+    return torch.where(denom > 0, per_pixel.sum() / denom.clamp_min(1e-12), logits.sum() * 0.0)
 
 
 class SegmentationLoss(torch.nn.Module):
@@ -197,7 +240,8 @@ class SegmentationLoss(torch.nn.Module):
     Raises:
         ValueError: unknown ``kind``; ``kind``/channel-count mismatch; target shape not equal
             to (N, H, W) of the logits; bad ``boundary_window``; class weights of wrong length
-            or given with ``"lovasz"``; Lovasz labels outside {0, 1, ignore_index}.
+            or given with ``"lovasz"``; Lovasz labels outside {0, 1, ignore_index}
+            (checked on the CPU only: elsewhere the check would cost a host synchronisation per step).
     """
 
     def __init__(self, kind: str = "ce", class_weights: torch.Tensor | None = None,
@@ -248,7 +292,7 @@ class SegmentationLoss(torch.nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         self._check(logits, target)
         target = target.long()
-        if self.kind == "lovasz":
+        if self.kind == "lovasz" and target.device.type == "cpu":  # off the CPU: no host sync per step
             bad = (target != self.ignore_index) & ((target < 0) | (target > 1))
             if bool(bad.any()):
                 raise ValueError("kind='lovasz' needs labels in {0, 1} or ignore_index")

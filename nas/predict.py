@@ -45,12 +45,13 @@ def predict_image(
 ) -> np.ndarray:
     """Person mask of one RGB uint8 H x W x 3 image: uint8 H x W in {0, 1} (K > 2 classes: class ids).
 
-    The image is resized to ``size`` = (h, w) and normalised as ``preprocessing`` says, scored,
-    and the mask resized back to H x W (nearest).
+    The image is resized to ``size`` = (h, w) and normalised as ``preprocessing`` says, scored
+    on the device of ``model``'s parameters, and the mask resized back to H x W (nearest).
     """
     h, w = image.shape[:2]
-    x = preprocessing.apply(preprocessing.resize_image(image, size)[None])
-    pred = model.predict(x)[0].numpy().astype(np.uint8)
+    device = next(model.parameters()).device
+    x = preprocessing.apply(preprocessing.resize_image(image, size)[None]).to(device)
+    pred = model.predict(x)[0].cpu().numpy().astype(np.uint8)
     return cv2.resize(pred, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
@@ -67,12 +68,14 @@ def evaluate_checkpoint(
     *,
     worst_k: int = 5,
     overlays_dir: str | Path | None = None,
+    device: str = "auto",
 ) -> dict:
     """Score a checkpoint on a split of any data set with its own preprocessing (what ``nas-eval`` runs).
 
     Labels are nearest-resized to ``input_size`` (default: the size the checkpoint was trained at); the metric is
     :class:`nas.metrics.SegmentationMetrics` with the data set's classes (2 classes: ``miou`` =
-    foreground IoU per image, x100; every set: ``miou_cm`` and ``class_iou``).
+    foreground IoU per image, x100; every set: ``miou_cm`` and ``class_iou``). The network runs on
+    ``device`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``, :func:`nas.device.resolve_device`).
 
     Args:
         root: an EG1800 root (``None``: env ``EG1800_ROOT``) or a :class:`nas.datasets.DatasetReader`.
@@ -89,13 +92,15 @@ def evaluate_checkpoint(
         ``overlays`` (paths written) and, with ``return_predictions``, ``predictions`` (uint8 N x h x w).
 
     Raises:
-        FileNotFoundError, ValueError: a bad checkpoint or data file (named), or a checkpoint whose
-            class count is not the data set's.
+        FileNotFoundError, ValueError: a bad checkpoint or data file (named), a checkpoint whose
+            class count is not the data set's, or an unavailable device.
     """
     from nas.data import load_split_arrays
     from nas.datasets import as_reader
+    from nas.device import resolve_device
     from nas.metrics import SegmentationMetrics, predictions_from_logits
 
+    dev = resolve_device(device, key="device")
     model, meta = load_checkpoint(checkpoint)
     reader = as_reader(root)
     classes = max(2, int(meta["genotype"].num_classes))
@@ -103,6 +108,7 @@ def evaluate_checkpoint(
         raise ValueError(f"{checkpoint}: predicts {classes} classes but the data set {reader.name} has "
                          f"{reader.num_classes} ({', '.join(reader.class_names)}); evaluate on a set of "
                          f"{classes} classes (EasyPortrait: data.two_class=true)")
+    model.to(dev)
     pre: Preprocessing = meta["preprocessing"]
     size = meta["genotype"].check_input_size(tuple(int(v) for v in (input_size or meta["input_size"])))
     arrays = load_split_arrays(reader, split, size, cache_dir=cache_dir, fraction=fraction)
@@ -111,7 +117,7 @@ def evaluate_checkpoint(
     metrics = SegmentationMetrics(num_classes=reader.num_classes, class_names=reader.class_names)
     preds = []
     for s in range(0, len(arrays), batch_size):
-        logits = model(pre.apply(images[s : s + batch_size]))
+        logits = model(pre.apply(images[s : s + batch_size]).to(dev)).cpu()  # metrics on the host, per batch
         target = torch.from_numpy(arrays.masks[s : s + batch_size]).long()
         metrics.update(logits, target)
         preds.append(predictions_from_logits(logits).numpy().astype(np.uint8))
@@ -151,7 +157,8 @@ def evaluate_checkpoint(
 
 
 def evaluate_and_log(checkpoint: str | Path, source, split: str = "val", input_size=None, batch_size: int = 64, *,
-                     worst_k: int = 5, overlays_dir: str | Path | None = None, log_to_run: bool = True) -> dict:
+                     worst_k: int = 5, overlays_dir: str | Path | None = None, log_to_run: bool = True,
+                     device: str = "auto") -> dict:
     """:func:`evaluate_checkpoint` on a :class:`nas.datasets.DataSource`, logged on the checkpoint's MLflow run.
 
     The metrics go to that run (the checkpoint's ``tracking`` entry, written by ``nas-train``) as
@@ -166,7 +173,8 @@ def evaluate_and_log(checkpoint: str | Path, source, split: str = "val", input_s
     from nas.tracking import log_evaluation
 
     res = evaluate_checkpoint(checkpoint, source.reader, split, input_size, batch_size, cache_dir=source.cache_dir,
-                              fraction=source.val_fraction, worst_k=worst_k, overlays_dir=overlays_dir)
+                              fraction=source.val_fraction, worst_k=worst_k, overlays_dir=overlays_dir,
+                              device=device)
     tracking = read_checkpoint(checkpoint)["tracking"] if log_to_run else None
     res["mlflow_run_id"] = log_evaluation(tracking, res, prefix=f"eval/{res['dataset']}/{res['split']}",
                                           artifacts=res["overlays"])
@@ -208,16 +216,20 @@ def write_overlays(out_dir: str | Path, images: Sequence[np.ndarray], preds: Seq
 
 
 def predict_files(
-    checkpoint: str, inputs: Sequence[str], out_dir: str, input_size=None
+    checkpoint: str, inputs: Sequence[str], out_dir: str, input_size=None, device: str = "auto"
 ) -> list[tuple[Path, Path, Path]]:
     """Write ``<stem>_mask.png`` (0/255; a network of K > 2 classes: the class ids 0..K-1) and
-    ``<stem>_overlay.png`` for each input image.
+    ``<stem>_overlay.png`` for each input image; the network runs on ``device`` (:func:`nas.device.resolve_device`).
 
     Raises:
         FileNotFoundError: a missing checkpoint or input. ValueError: an
-            unreadable image (named) or no images at all.
+            unreadable image (named), no images at all, or an unavailable device.
     """
+    from nas.device import resolve_device
+
+    dev = resolve_device(device, key="device")
     model, meta = load_checkpoint(checkpoint)
+    model.to(dev)
     size = meta["genotype"].check_input_size(tuple(int(v) for v in (input_size or meta["input_size"])))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -252,6 +253,8 @@ class StudyWorker:
         cfg = self.ladder.cfgs[rung]
         if cfg.seed != seed:
             cfg = replace(cfg, seed=seed)
+        if cfg.resume_dir is None:  # a trial retried after a crash resumes from its last finished epoch
+            cfg = replace(cfg, resume_dir=os.path.join(self.s.output_dir, self.s.name, "resume"))
         pruning = self.s.mode == "constrained" and trial is not None
 
         def on_epoch(rec) -> None:

@@ -7,6 +7,7 @@ Config -> :func:`train_and_save` -> a checkpoint (genotype + weights + metrics) 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +44,25 @@ def train_and_save(model: str, tcfg: TrainConfig, *, data_root, cache_dir: str |
 
     Returns:
         the training summary (:meth:`nas.train.TrainResult.summary`) with ``params``,
-        ``conv_macs`` (at ``tcfg.input_size``), ``checkpoint``, ``mlflow_run_id``, ``recipe``, ``init``.
+        ``conv_macs`` (at ``tcfg.input_size``), ``checkpoint``, ``mlflow_run_id``, ``recipe``, ``init``,
+        ``resumed_from_epoch`` (None: a fresh run). The run resumes from ``tcfg.resume_dir``
+        (default ``<output_dir>/resume``) when an interrupted run with the same settings left a
+        resume checkpoint there.
 
     Raises:
         ValueError / FileNotFoundError: an unknown model or a bad genotype file; OSError: an
         unwritable ``output_dir``; :class:`nas.train.NonFiniteLossError`: the loss diverged
-        (the MLflow run is closed FAILED in every case).
+        (the MLflow run is closed FAILED in every case); ValueError: ``tcfg.device`` not available.
     """
     from nas.checkpoint import save_checkpoint
     from nas.cost import cheap_cost
+    from nas.device import resolve_device
     from nas.train import load_data, train_genotype
     from search_spaces import create_model, get_genotype
 
+    resolve_device(tcfg.device)  # an unavailable device fails before the data is loaded
+    if tcfg.resume_dir is None:  # the same command, rerun, resumes from here
+        tcfg = replace(tcfg, resume_dir=str(Path(output_dir) / "resume"))
     g = get_genotype(str(model), num_classes=tcfg.num_classes)
     try:
         g.check_input_size(tcfg.input_size)

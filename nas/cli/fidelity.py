@@ -51,6 +51,10 @@ def run_fidelity(cfg: DictConfig) -> dict:
 
 @hydra_app("fidelity_study")
 def main(cfg: DictConfig) -> None:
+    if int(cfg.workers) != 1 or cfg.devices:  # K processes of this command, workers=1 each
+        from nas.workers import run_parallel
+
+        sys.exit(run_parallel("nas.cli.fidelity", "nas-fidelity", int(cfg.workers), [str(d) for d in cfg.devices]))
     try:
         out = run_fidelity(cfg)
     except KeyboardInterrupt:

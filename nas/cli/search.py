@@ -24,6 +24,9 @@ def build_worker(cfg: DictConfig):
     src = data_source(cfg.data)
     src.require_two_classes("nas-search")
     tcfg = src.train_config(train_settings_from(cfg.train))
+    from nas.device import resolve_device
+
+    resolve_device(tcfg.device)  # an unavailable train.device fails before any trial starts
     space = instantiate(cfg.space).with_fidelity(tcfg.num_classes, tcfg.input_size)
     sampler = instantiate(cfg.sampler, seed=s.seed)
     pruner = instantiate(cfg.pruner) if s.mode == "constrained" else None
@@ -50,6 +53,10 @@ def _fidelity_choice() -> str:
 
 @hydra_app("search")
 def main(cfg: DictConfig) -> None:
+    if int(cfg.workers) != 1 or cfg.devices:  # K processes of this command, workers=1 each
+        from nas.workers import run_parallel
+
+        sys.exit(run_parallel("nas.cli.search", "nas-search", int(cfg.workers), [str(d) for d in cfg.devices]))
     worker = build_worker(cfg)
     try:
         summary = worker.run()

@@ -60,6 +60,10 @@ def main(cfg: DictConfig) -> None:
         print(f"nas-train: training stopped: {exc}", file=sys.stderr)
         print_json_line({"error": "non_finite_loss", "message": str(exc)})
         sys.exit(3)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the resume checkpoint is written
+        print("nas-train: interrupted; rerun the same command to resume from the last finished epoch",
+              file=sys.stderr)
+        sys.exit(130)
     print_json_line(summary)
 
 
@@ -69,7 +73,8 @@ def eval_main(cfg: DictConfig) -> None:
     from nas.predict import evaluate_and_log
 
     m = evaluate_and_log(cfg.checkpoint, data_source(cfg.data), cfg.split, cfg.input_size, cfg.batch_size,
-                         worst_k=int(cfg.worst_k), overlays_dir=cfg.overlays_dir, log_to_run=bool(cfg.log_to_run))
+                         worst_k=int(cfg.worst_k), overlays_dir=cfg.overlays_dir, log_to_run=bool(cfg.log_to_run),
+                         device=str(cfg.device))
     size = m["input_size"]
     head = (f"mIoU (foreground IoU per image) {m['miou']:.2f}, 2-class confusion mIoU {m['miou_2class']:.2f}"
             if "miou" in m else f"confusion-matrix mIoU over {m['num_classes']} classes {m['miou_cm']:.2f}")
@@ -91,7 +96,8 @@ def predict_main(cfg: DictConfig) -> None:
     from nas.predict import predict_files
 
     inputs = cfg.inputs if OmegaConf.is_list(cfg.inputs) else [cfg.inputs]
-    written = predict_files(cfg.checkpoint, [str(p) for p in inputs], cfg.out_dir, cfg.input_size)
+    written = predict_files(cfg.checkpoint, [str(p) for p in inputs], cfg.out_dir, cfg.input_size,
+                            device=str(cfg.device))
     for src, mask, overlay in written:
         print(f"{src} -> {mask}, {overlay}")
     print_json_line({"images": len(written), "out_dir": str(cfg.out_dir)})
