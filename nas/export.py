@@ -48,15 +48,18 @@ class ExportError(ValueError):
 
 
 @contextlib.contextmanager
-def _quiet(name: str):
-    """Silence logger ``name`` below ERROR (the exporter logs each optional op it skips)."""
-    logger = logging.getLogger(name)
-    old = logger.level
-    logger.setLevel(logging.ERROR)
+def _quiet(*names: str):
+    """Silence the loggers ``names`` below ERROR (the exporter and its optimiser log every skipped op and
+    deduplicated initializer)."""
+    loggers = [logging.getLogger(n) for n in names]
+    old = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(old)
+        for lg, lvl in zip(loggers, old):
+            lg.setLevel(lvl)
 
 
 def _check_opset(opset: Any) -> int:
@@ -128,7 +131,8 @@ def export_onnx(
     with tempfile.TemporaryDirectory() as tmpd:
         raw = Path(tmpd) / "model.onnx"
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"):
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                    _quiet("torch.onnx", "onnx_ir", "onnxscript"):
                 warnings.simplefilter("ignore")
                 torch.onnx.export(model, (example,), str(raw), input_names=["image"], output_names=["logits"],
                                   dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=max_batch)},),
