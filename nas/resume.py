@@ -29,7 +29,8 @@ from nas.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Interrupted", "Resumer", "get_rng_states", "resume_file", "set_rng_states", "sigterm_interrupts"]
+__all__ = ["Interrupted", "Resumer", "get_rng_states", "raise_if_interrupted", "resume_file", "set_rng_states",
+           "sigterm_interrupts"]
 
 FORMAT = 1
 # Settings that change neither the result nor its meaning: a rerun may differ in them and still resume.
@@ -40,21 +41,41 @@ class Interrupted(KeyboardInterrupt):
     """SIGTERM arrived during training (a KeyboardInterrupt, so every Ctrl-C handler also handles it)."""
 
 
+_pending: list[str] = []  # signals received in the block, so one swallowed by Python is raised again
+
+
 @contextlib.contextmanager
 def sigterm_interrupts() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Interrupted` in the main thread (elsewhere: no change)."""
+    """Within the block, SIGTERM and SIGINT raise :class:`Interrupted` in the main thread (elsewhere: no
+    change), and :func:`raise_if_interrupted` raises it again.
+
+    Python drops an exception raised while a weakref callback or ``__del__`` runs ("Exception ignored
+    in ..."), so a Ctrl-C landing there would be lost and training would go on; the trainer calls
+    :func:`raise_if_interrupted` every step, so the signal takes effect at the next step at the latest.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):  # noqa: ARG001
-        raise Interrupted(f"signal {signal.Signals(signum).name}")
+        _pending.append(signal.Signals(signum).name)
+        raise Interrupted(f"signal {_pending[-1]}")
 
-    old = signal.signal(signal.SIGTERM, handler)
+    _pending.clear()
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, h in old.items():
+            signal.signal(s, h)
+        _pending.clear()
+
+
+def raise_if_interrupted() -> None:
+    """Raise :class:`Interrupted` if a signal arrived in a :func:`sigterm_interrupts` block (one that an
+    ignored-exception context may have swallowed)."""
+    if _pending:
+        raise Interrupted(f"signal {_pending[-1]}")
 
 
 def resume_file(resume_dir: str | Path, archid: str, cfg: TrainConfig) -> Path:

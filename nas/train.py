@@ -42,7 +42,7 @@ from nas.data import SegmentationDataset, SplitArrays, load_split_arrays, make_l
 from nas.device import autocast, configure_backends, resolve_device
 from nas.losses import SegmentationLoss, class_weights_from_masks, downsample_labels
 from nas.metrics import SegmentationMetrics, foreground_iou_per_image, predictions_from_logits
-from nas.resume import Resumer, get_rng_states, resume_file, set_rng_states, sigterm_interrupts
+from nas.resume import Resumer, get_rng_states, raise_if_interrupted, resume_file, set_rng_states, sigterm_interrupts
 from search_spaces import GateWarning, Genotype, create_model
 
 log = logging.getLogger(__name__)
@@ -366,6 +366,7 @@ def _run_stage(
         bar = tqdm(batches(e), desc=f"stage {stage} epoch {e + 1}/{epochs}", leave=False, disable=not cfg.progress,
                    dynamic_ncols=True, total=len(data.train) // bs)
         for x, y in bar:
+            raise_if_interrupted()
             with autocast(device, cfg.precision):
                 logits = forward(x.contiguous(memory_format=fmt))
                 target = _targets_for(logits, y)
@@ -395,6 +396,7 @@ def _run_stage(
         sched.step()
         holdout = (score_of(evaluate(model, data.holdout, cfg.eval_batch_size, precision=cfg.precision))
                    if data.holdout is not None else None)
+        raise_if_interrupted()
         rec = EpochRecord(stage, e + 1, epoch_offset + e + 1, float(tot_loss) / max(n_seen, 1),
                           float(tot_iou) / max(n_seen, 1), holdout, n_seen / dt if dt > 0 else 0.0, lr)
         history.append(rec)
