@@ -43,7 +43,7 @@ from nas.config import FidelitySettings
 from nas.cost import genotype_cost
 from nas.rungs import rung_config
 from nas.storage import Heartbeat as _Heartbeat
-from nas.storage import check_storage, engine_url, slot_lock
+from nas.storage import ask_claimed, check_storage, engine_url, fail_dead_trials, slot_lock
 from nas.tracking import FINISHED, Tracker, TrainingRun, close_runs_of_failed_trials, training_run
 from nas.train import DataBundle, TrainConfig, load_data, train_genotype
 from search_spaces import Genotype, create_model, get_genotype
@@ -288,14 +288,13 @@ class FidelityWorker:
     def _next(self) -> optuna.Trial | None:
         wait = object()
         while True:
-            optuna.storages.fail_stale_trials(self.study)
+            fail_dead_trials(self.study, self.storage)
             self._close_orphan_runs()
             with slot_lock(self.s.storage, self.study_name):
                 trials = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
                 waiting = [t for t in trials if t.state == TrialState.WAITING]
                 if waiting:
-                    trial = self.study.ask()
-                    self.storage.record_heartbeat(trial._trial_id)
+                    trial = ask_claimed(self.study, self.storage)
                 else:
                     trial = wait if trials else None
             if trial is not wait:

@@ -24,7 +24,7 @@ from nas.config import SearchSettings
 from nas.moasha import next_confirmation, schedule_promotion
 from nas.points import candidates, rung_front
 from nas.rungs import RungLadder
-from nas.storage import count_slots, retry_storage, slot_lock
+from nas.storage import ask_claimed, count_slots, fail_dead_trials, retry_storage, slot_lock
 from search_spaces import get_genotype
 
 __all__ = ["Job", "Scheduler"]
@@ -78,15 +78,11 @@ class Scheduler:
         return time.time() - float(started) > self.s.time_budget_s
 
     def _ask_main(self) -> Job:
-        trial = self.study.ask()
-        # beat at once: a worker killed before its heartbeat thread's first beat would leave a
-        # RUNNING trial without heartbeat, which Optuna never finds stale (the study never ends)
-        self.storage.record_heartbeat(trial._trial_id)
+        trial = ask_claimed(self.study, self.storage)
         return Job("new", trial, rung=0, seed=self.ladder.seed)
 
     def _ask_ledger(self, candidate: int | None = None, rung: int = 0, seed: int = 0, kind: str = "") -> Job | object:
-        trial = self.ledger.ask()  # a WAITING retry of an interrupted training comes first
-        self.storage.record_heartbeat(trial._trial_id)
+        trial = ask_claimed(self.ledger, self.storage)  # a WAITING retry of an interrupted training comes first
         a = trial.user_attrs
         if all(a.get(k) is not None for k in _JOB_KEYS):
             return Job(a["kind"], trial, int(a["candidate"]), int(a["rung"]), int(a["seed"]))
@@ -138,8 +134,8 @@ class Scheduler:
         return _WAIT if running else None
 
     def _next_job_once(self) -> Job | object | None:
-        optuna.storages.fail_stale_trials(self.study)  # a killed worker's trial: FAIL, and its retry queued
-        optuna.storages.fail_stale_trials(self.ledger)
+        fail_dead_trials(self.study, self.storage)  # a killed worker's trial: FAIL, and its retry queued
+        fail_dead_trials(self.ledger, self.storage)
         with slot_lock(self.s.storage, self.s.name):
             trials = self.study.get_trials(deepcopy=False)
             if not trials:

@@ -32,8 +32,8 @@ from nas.points import ledger_name
 if TYPE_CHECKING:
     from nas.tracking import TrainingRun
 
-__all__ = ["Heartbeat", "check_storage", "count_slots", "engine_url", "open_study", "pid_alive", "redact",
-           "requeue_interrupted", "retry_storage", "slot_lock", "tell_failed"]
+__all__ = ["Heartbeat", "ask_claimed", "check_storage", "count_slots", "engine_url", "fail_dead_trials", "open_study",
+           "pid_alive", "redact", "requeue_interrupted", "retry_storage", "slot_lock", "tell_failed"]
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,55 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+CLAIM_ATTR = "claimed_trial"
+
+
+def ask_claimed(study: optuna.Study, storage: RDBStorage) -> optuna.Trial:
+    """``study.ask()``, then a first heartbeat and the claim: user attributes ``claimed_trial`` (the
+    trial's own number: a retry inherits its predecessor's attributes) and ``worker`` (``host:pid``).
+
+    Optuna never finds a RUNNING trial stale that has no heartbeat, so a worker killed between
+    ``ask`` and its first beat would leave a trial that blocks the study forever; the claim marks
+    every trial a live worker holds, and :func:`fail_dead_trials` fails the unclaimed ones.
+    """
+    import socket
+
+    trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    trial.set_user_attr(CLAIM_ATTR, trial.number)
+    return trial
+
+
+def fail_dead_trials(study: optuna.Study, storage: RDBStorage) -> int:
+    """Fail the trials of dead workers: Optuna's stale trials (no heartbeat for the storage's grace
+    period; their retries are queued by the storage's failed-trial callback), and RUNNING trials
+    started more than a grace period ago that were never claimed (a worker killed inside
+    :func:`ask_claimed`), retried by the same callback. Returns how many unclaimed trials were failed.
+    """
+    import datetime
+
+    optuna.storages.fail_stale_trials(study)
+    grace_period = storage.grace_period or 2 * (storage.heartbeat_interval or 60)
+    now, n = datetime.datetime.now(), 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(CLAIM_ATTR) == t.number or t.datetime_start is None:
+            continue
+        if (now - t.datetime_start).total_seconds() <= grace_period:
+            continue
+        try:
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except (RuntimeError, ValueError):  # finished meanwhile (UpdateFinishedTrialError is a RuntimeError)
+            continue
+        log.warning("trial %d of study %s was never claimed by a worker (killed at start): failed", t.number,
+                    study.study_name)
+        n += 1
+        if (retry := storage.get_heartbeat_stale_trial_callback()) is not None:
+            retry(study, storage.get_trial(t._trial_id))
+    return n
 
 
 def pid_alive(pid: int) -> bool:

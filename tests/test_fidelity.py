@@ -17,7 +17,7 @@ from nas.fidelity import FidelitySettings, sample_architectures
 from search_spaces import get_genotype
 from search_spaces.spaces import SINetSpace
 
-from .test_robustness import spawn, tail
+from .test_robustness import spawn, tail, wait_or_dump
 
 
 def test_sample_architectures_spread_in_budget_and_deterministic() -> None:
@@ -54,8 +54,9 @@ def _rung(path: Path, lr: float) -> str:
 @pytest.mark.slow
 def test_killed_study_reruns_without_retraining_a_finished_cell(workdir: Path) -> None:
     low, top = _rung(workdir / "low.yaml", 3e-3), _rung(workdir / "top.yaml", 2e-3)
-    cmd = [sys.executable, "-m", "nas.cli.fidelity", "study.name=t", "study.n_archs=2", "study.candidates=8",
-           f"study.rungs=[{low},{top}]", "study.seeds=[0]", "study.proxies=[synflow,naswot]", "study.proxy_batch=4",
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "nas.cli.fidelity", "study.name=t", "study.n_archs=2",
+           "study.candidates=8", f"study.rungs=[{low},{top}]", "study.seeds=[0]", "study.proxies=[synflow,naswot]",
+           "study.proxy_batch=4",
            "study.proxy_input_size=[64,64]", "study.heartbeat_interval=1", "study.grace_period=3",
            "study.bootstrap=50", "study.results_dir=res", "data.val_fraction=0.1", "progress=false"]
     log1 = workdir / "killed.log"
@@ -79,7 +80,7 @@ def test_killed_study_reruns_without_retraining_a_finished_cell(workdir: Path) -
 
     log2 = workdir / "resumed.log"
     proc = spawn(cmd, log2)
-    assert proc.wait(300) == 0, tail(log2)
+    assert wait_or_dump(proc, 300, log2) == 0, tail(log2)
     out = json.loads(log2.read_text().strip().splitlines()[-1])
     assert out["complete"] and out["cells_done"] == out["cells_planned"] == 6
     assert out["n_archs"] == 2 and [r["name"] for r in out["rungs"]][-2:] == [low, top]

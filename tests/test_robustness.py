@@ -78,6 +78,20 @@ def spawn(cmd: list[str], log: Path) -> subprocess.Popen:
         fh.close()
 
 
+def wait_or_dump(proc: subprocess.Popen, timeout: float, log: Path) -> int:
+    """``proc.wait(timeout)``; past it, SIGABRT so a child started with ``-X faulthandler`` writes every
+    thread's stack to ``log``, and fail with that tail (where it hung, not only that it did)."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise AssertionError(f"{proc.args!r} still running after {timeout} s; its stacks:\n{tail(log, 12000)}")
+
+
 def tail(path: Path, n: int = 4000) -> str:
     return path.read_text(errors="replace")[-n:] if path.is_file() else "(no output)"
 
@@ -372,3 +386,32 @@ def test_worker_goes_on_when_its_trial_was_failed_as_stale(tracked: Path, monkey
     assert runs[trials[0].user_attrs["mlflow_run_id"]].info.status == "FAILED"
     report("trial failed as stale by another worker while alive", slots_expected=n,
            slots_found=count_slots(trials)["slots"], trials=len(trials), mlflow_runs_open=0)
+
+
+def test_a_worker_killed_between_ask_and_its_first_beat_does_not_block_the_study(tmp_path: Path) -> None:
+    """Optuna never finds a RUNNING trial stale that has no heartbeat: a worker SIGKILLed inside ``ask``
+    left nas-fidelity waiting forever on CI. An unclaimed trial past the grace period is failed and
+    retried; a claimed one with a fresh heartbeat is left alone."""
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    from nas.storage import ask_claimed, fail_dead_trials
+
+    storage = RDBStorage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=1, grace_period=1,
+                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.enqueue_trial({}, user_attrs={"cell": "a"})
+    study.enqueue_trial({}, user_attrs={"cell": "b"})
+    dead = study.ask()  # the killed worker: asked, never beat, never claimed
+    live = ask_claimed(study, storage)
+    assert live.user_attrs["claimed_trial"] == live.number and ":" in live.user_attrs["worker"]
+    assert fail_dead_trials(study, storage) == 0  # within the grace period: nothing failed
+    time.sleep(1.3)
+    storage.record_heartbeat(live._trial_id)
+    assert fail_dead_trials(study, storage) == 1
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert by_number[dead.number].state == TrialState.FAIL and by_number[live.number].state == TrialState.RUNNING
+    retry = [t for t in by_number.values() if t.state == TrialState.WAITING]
+    assert [t.user_attrs["cell"] for t in retry] == ["a"]
+    again = ask_claimed(study, storage)  # the retry inherits no valid claim: it is claimed afresh
+    assert again.user_attrs["cell"] == "a" and again.user_attrs["claimed_trial"] == again.number
+    assert fail_dead_trials(study, storage) == 0
