@@ -36,7 +36,7 @@ from torch import nn
 from nas._atomic import atomic_path
 
 __all__ = ["ExportError", "MAX_OPSET", "MIN_OPSET", "check_against_torch", "export_checkpoint", "export_onnx",
-           "onnx_metadata", "ort_latency_ms", "ort_session", "real_check_images"]
+           "onnx_metadata", "ort_latency_ms", "ort_session", "real_check_images", "written_opset"]
 
 log = logging.getLogger(__name__)
 #: opsets the dynamo exporter writes (torch 2.13 / onnxscript 0.7: 18 and later).
@@ -60,6 +60,11 @@ def _quiet(*names: str):
     finally:
         for lg, lvl in zip(loggers, old):
             lg.setLevel(lvl)
+
+
+def written_opset(proto: Any) -> int | None:
+    """The default-domain (``ai.onnx``) opset an ONNX ``ModelProto`` declares, or None."""
+    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _check_opset(opset: Any) -> int:
@@ -143,6 +148,10 @@ def export_onnx(
         finally:
             model.train(was_training)
         proto = onnx.load(str(raw))
+        written = written_opset(proto)
+        if written != opset:  # the exporter falls back to its own opset when a version conversion fails
+            raise ExportError(f"opset={opset} requested for {path} but the exporter wrote opset {written} "
+                              f"(its conversion to {opset} failed); ask for opset={written}")
         del proto.metadata_props[:]
         for k, v in sorted(props.items()):
             entry = proto.metadata_props.add()

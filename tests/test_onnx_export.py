@@ -84,6 +84,23 @@ def test_bad_opset_and_unwritable_path_are_clear_errors(tmp_path) -> None:
         ort_session(tmp_path / "missing.onnx")
 
 
+def test_an_opset_the_exporter_did_not_write_is_an_error(tmp_path, monkeypatch) -> None:
+    """The dynamo exporter falls back to its own opset when a conversion fails: the file is read back."""
+    real = torch.onnx.export
+
+    def falls_back(*args, **kwargs):
+        return real(*args, **{**kwargs, "opset_version": 18})
+
+    monkeypatch.setattr(torch.onnx, "export", falls_back)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3, padding=1))
+    with pytest.raises(ExportError, match=r"opset=21 requested for .*m\.onnx but the exporter wrote opset 18"):
+        export_onnx(net, tmp_path / "m.onnx", (16, 16), opset=21)
+    assert not (tmp_path / "m.onnx").exists()
+    monkeypatch.setattr(torch.onnx, "export", real)
+    res = export_onnx(net, tmp_path / "m.onnx", (16, 16), opset=21)
+    assert res["opset"] == 21 and onnx_metadata(res["path"])["opset"] == "21"
+
+
 def test_nas_export_cli_errors_are_one_line(tmp_path, released) -> None:
     env = cli_env()
     out = subprocess.run([sys.executable, "-m", "nas.cli.export", f"checkpoint={released['sinet']}", "opset=99"],
