@@ -33,7 +33,13 @@ from typing import Any, TypeVar
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
 
-from nas.objectives import BUDGET_KEYS, COUNTED_BUDGET_KEYS, default_reference_point
+from nas.objectives import (
+    BUDGET_KEYS,
+    COUNTED_BUDGET_KEYS,
+    DEFAULT_OBJECTIVES,
+    check_objectives,
+    default_reference_point,
+)
 
 __all__ = [
     "AugmentConfig", "C3SpaceConfig", "DataConfig", "FidelitySettings", "MODES", "SCHEDULERS", "SELECTIONS",
@@ -351,6 +357,9 @@ class SearchSettings:
     Attributes:
         name: study name (also the MLflow experiment name).
         mode: ``pareto`` or ``constrained``.
+        objectives: the Pareto front's objectives (``pareto``): ``miou`` first, then costs of
+            :data:`nas.objectives.OBJECTIVES` (default mIoU, parameters, conv MACs; add
+            ``ort_latency_ms`` to optimise measured ONNX Runtime latency).
         n_trials: the study's total number of trained candidates (not an increment); candidates
             over a hard budget are recorded but take no slot.
         storage: ``sqlite:///file.db`` (default, embedded) or ``postgresql://...``.
@@ -363,8 +372,8 @@ class SearchSettings:
         max_retry: retries of one interrupted trial (or rung training).
         extra_costs: also count fvcore MACs and latency for trained candidates.
         latency_threads: torch threads of the latency measurement (recorded with it).
-        reference_point: hypervolume reference ``{"miou": %, "params": count, "conv_macs": MACs}``
-            (mIoU maximised, the others minimised).
+        reference_point: hypervolume reference ``{"miou": %, "params": count, "conv_macs": MACs,
+            "ort_latency_ms": ms}`` (mIoU maximised, the others minimised; the front's objectives are used).
         output_dir: Pareto artifacts and exported genotypes go to
             ``<output_dir>/<name>/``.
         scheduler: ``none`` (every candidate trained at the ``fidelity`` rung) or ``mo_asha``
@@ -382,6 +391,7 @@ class SearchSettings:
 
     name: Any = MISSING  # Any: a YAML number or boolean reaches the check below, not a silent str
     mode: str = "pareto"
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     n_trials: int = 40
     storage: str = "sqlite:///nas_studies.db"
     seed: int = 0
@@ -413,6 +423,12 @@ class SearchSettings:
             )
         if self.mode not in MODES:
             raise ValueError(f"study.mode={self.mode!r}; allowed: {', '.join(MODES)}")
+        self.objectives = check_objectives(self.objectives)
+        bad = sorted(set(self.reference_point) - set(default_reference_point()))
+        if bad:
+            raise ValueError(f"study.reference_point has unknown key(s) {bad}; allowed: "
+                             f"{', '.join(default_reference_point())}")
+        self.reference_point = default_reference_point() | dict(self.reference_point)
         if not isinstance(self.n_trials, int) or self.n_trials < 1:
             raise ValueError(f"study.n_trials={self.n_trials!r}; allowed: an integer >= 1")
         bad = sorted(set(self.budgets) - set(BUDGET_KEYS))

@@ -41,12 +41,13 @@ __all__ = ["nondominated_ranks", "crowding_distance", "rank_order", "promotable"
            "candidates_from_records", "schedule_promotion", "next_confirmation", "welch_interval",
            "mark_within_noise"]
 
-Objectives = tuple[float, float, float]  # (mIoU x100, parameters, conv MACs)
+Objectives = tuple[float, ...]  # (mIoU x100, cost, ...): by default (mIoU, parameters, conv MACs)
 
 
 def _losses(values: Sequence[Objectives]) -> np.ndarray:
-    """(N, 3) minimisation objectives (-mIoU, parameters, conv MACs)."""
-    return np.array([(-float(m), float(p), float(c)) for m, p, c in values], dtype=np.float64).reshape(-1, 3)
+    """(N, M) minimisation objectives (-mIoU, cost, ...)."""
+    rows = [(-float(v[0]), *map(float, v[1:])) for v in values]
+    return np.array(rows, dtype=np.float64).reshape(len(rows), -1)
 
 
 def nondominated_ranks(losses: np.ndarray) -> np.ndarray:
@@ -153,6 +154,8 @@ class Candidate:
     Attributes:
         number: the main study's trial number.
         params / conv_macs: counted at the study's cost input size.
+        costs: the study's minimised objectives in its order (``study.objectives[1:]``, e.g. with
+            the measured ``ort_latency_ms``); None: ``(params, conv_macs)``.
         results: ``{(rung_index, seed): mIoU}`` of finished trainings.
         active: ``{(rung_index, seed)}`` being trained now (RUNNING or WAITING).
         failures: ``{(rung_index, seed): n}`` failed attempts.
@@ -163,6 +166,11 @@ class Candidate:
     results: dict[tuple[int, int], float] = field(default_factory=dict)
     active: set[tuple[int, int]] = field(default_factory=set)
     failures: dict[tuple[int, int], int] = field(default_factory=dict)
+    costs: tuple[float, ...] | None = None
+
+    def objective_costs(self) -> tuple[float, ...]:
+        """The costs promotions rank by (:attr:`costs`, else parameters and conv MACs)."""
+        return self.costs if self.costs is not None else (self.params, self.conv_macs)
 
     def top_rung(self, seed: int) -> int | None:
         """The highest rung with a result at ``seed``, or None."""
@@ -183,15 +191,16 @@ def candidates_from_records(main: Sequence[Mapping], ledger: Sequence[Mapping], 
 
     Args:
         main: one record per trained candidate: ``number``, ``params``, ``conv_macs``,
-            ``state`` (COMPLETE, RUNNING, WAITING, FAIL, ...), ``miou`` when COMPLETE
-            (its rung-0 result at ``seed``).
+            optional ``costs`` (:attr:`Candidate.costs`), ``state`` (COMPLETE, RUNNING, WAITING,
+            FAIL, ...), ``miou`` when COMPLETE (its rung-0 result at ``seed``).
         ledger: one record per training at a higher rung or a further seed: ``candidate``,
             ``rung`` (index), ``seed``, ``state``, ``miou`` when COMPLETE.
         seed: the study's base training seed.
     """
     out: dict[int, Candidate] = {}
     for r in main:
-        c = out.setdefault(r["number"], Candidate(r["number"], int(r["params"]), int(r["conv_macs"])))
+        costs = tuple(map(float, r["costs"])) if r.get("costs") is not None else None
+        c = out.setdefault(r["number"], Candidate(r["number"], int(r["params"]), int(r["conv_macs"]), costs=costs))
         _add(c, (0, seed), r)
     for r in ledger:
         c = out.get(r["candidate"])
@@ -217,7 +226,7 @@ def schedule_promotion(cands: Mapping[int, Candidate], n_rungs: int, seed: int, 
     promoted from rung k once its ``(k + 1, seed)`` training is settled (done, running, or
     failed more than ``max_retry`` times), so a failed promotion is tried again.
     """
-    results = [{c.number: (c.results[(k, seed)], c.params, c.conv_macs) for c in cands.values()
+    results = [{c.number: (c.results[(k, seed)], *c.objective_costs()) for c in cands.values()
                 if (k, seed) in c.results} for k in range(n_rungs)]
     promoted = [{c.number for c in cands.values() if c.settled((k + 1, seed), max_retry)} for k in range(n_rungs)]
     return next_promotion(results, promoted, eta)

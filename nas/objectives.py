@@ -1,5 +1,8 @@
 """The objectives table: each objective of a search with its direction, counter, unit,
-hypervolume reference value and whether it can be a hard budget.
+hypervolume reference value, whether it can be a hard budget and whether it is on the default front.
+
+A Pareto study's objectives are ``study.objectives`` (default :data:`DEFAULT_OBJECTIVES`:
+mIoU, parameters, conv MACs); ``ort_latency_ms`` may be added (measured before training).
 
 One table, read by the study (Optuna directions and metric names), the budgets check
 (:class:`nas.config.SearchSettings`, the fidelity study), the hypervolume reference point
@@ -9,10 +12,11 @@ No torch import.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["BUDGET_KEYS", "COUNTED_BUDGET_KEYS", "OBJECTIVES", "Objective", "default_reference_point", "directions",
-           "objective_names"]
+__all__ = ["BUDGET_KEYS", "COUNTED_BUDGET_KEYS", "DEFAULT_OBJECTIVES", "OBJECTIVES", "Objective", "check_objectives",
+           "default_reference_point", "directions", "objective_names"]
 
 
 @dataclass(frozen=True)
@@ -26,8 +30,8 @@ class Objective:
         unit: the unit of its values.
         reference: the default hypervolume reference value (worse than any point of interest).
         budget: whether ``study.budgets.<name>`` may bound it before training.
-        front: whether it is an objective of the Pareto front (and the hypervolume); a budget-only
-            figure is measured and recorded but not optimised.
+        front: whether it is an objective of the default Pareto front (and hypervolume); the others
+            are measured and recorded, and optimised only when named in ``study.objectives``.
     """
 
     name: str
@@ -51,22 +55,41 @@ OBJECTIVES: tuple[Objective, ...] = (
               "candidates within the other budgets", "ms", 100.0, budget=True, front=False),
 )
 BUDGET_KEYS: tuple[str, ...] = tuple(o.name for o in OBJECTIVES if o.budget)
+#: the front of a Pareto study unless ``study.objectives`` says otherwise.
+DEFAULT_OBJECTIVES: tuple[str, ...] = tuple(o.name for o in OBJECTIVES if o.front)
 #: budgets counted from the genotype's shapes alone (milliseconds, no export): what the fidelity study accepts.
 COUNTED_BUDGET_KEYS: tuple[str, ...] = ("params", "conv_macs")
 
 
-def objective_names(mode: str = "pareto") -> list[str]:
-    """The study's objective names: the front's for ``pareto``, ``["miou"]`` for ``constrained``."""
-    return [o.name for o in OBJECTIVES if o.front] if mode == "pareto" else [OBJECTIVES[0].name]
+def check_objectives(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` as a tuple after checking it is a front: ``miou`` first, then at least one
+    cost, each a name of :data:`OBJECTIVES`, none twice.
+
+    Raises:
+        ValueError: naming the value and what is allowed.
+    """
+    names = tuple(names)
+    known = [o.name for o in OBJECTIVES]
+    bad = [n for n in names if n not in known]
+    if bad or len(names) < 2 or names[0] != "miou" or len(set(names)) != len(names):
+        raise ValueError(f"study.objectives={list(names)!r}; allowed: 'miou' first, then one or more of "
+                         f"{known[1:]} (each once)")
+    return names
 
 
-def directions(mode: str = "pareto") -> list[str]:
-    """Optuna directions of :func:`objective_names` (``mode``)."""
+def objective_names(mode: str = "pareto", objectives: Sequence[str] | None = None) -> list[str]:
+    """The study's objective names: ``objectives`` (default :data:`DEFAULT_OBJECTIVES`) for
+    ``pareto``, ``["miou"]`` for ``constrained``."""
+    return list(check_objectives(objectives or DEFAULT_OBJECTIVES)) if mode == "pareto" else [OBJECTIVES[0].name]
+
+
+def directions(mode: str = "pareto", objectives: Sequence[str] | None = None) -> list[str]:
+    """Optuna directions of :func:`objective_names` (``mode``, ``objectives``)."""
     by_name = {o.name: o.direction for o in OBJECTIVES}
-    return [by_name[n] for n in objective_names(mode)]
+    return [by_name[n] for n in objective_names(mode, objectives)]
 
 
 def default_reference_point() -> dict[str, float]:
-    """``{name: reference}`` of the front's objectives (the hypervolume reference of ``nas-search`` and
-    ``nas-pareto``)."""
-    return {o.name: o.reference for o in OBJECTIVES if o.front}
+    """``{name: reference}`` of every objective (the hypervolume reference of ``nas-search`` and
+    ``nas-pareto``; a front uses the entries of its own objectives)."""
+    return {o.name: o.reference for o in OBJECTIVES}

@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 
 from nas.objectives import default_reference_point
-from nas.points import ledger_name, stored_front
+from nas.points import ledger_name, stored_front, stored_objectives
 from nas.report import hypervolume_table, plot_fronts, write_front_csv, write_table
 from nas.storage import engine_url
 
@@ -43,6 +43,7 @@ def compare_studies(names: Sequence[str], storage: str, reference: dict[str, flo
 
     Raises:
         KeyError: a study name not in ``storage`` (the message lists those that are).
+        ValueError: the studies' fronts have different objectives (``study.objectives``).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     reference = default_reference_point() | dict(reference or {})  # unset keys: nas.objectives' reference
@@ -51,11 +52,12 @@ def compare_studies(names: Sequence[str], storage: str, reference: dict[str, flo
     missing = [n for n in names if n not in known]
     if missing:
         raise KeyError(f"studies {missing} not in {storage}; stored: {sorted(known)}")
-    fronts, points, fidelities, refs, confirmed = {}, {}, {}, {}, {}
+    fronts, points, fidelities, refs, confirmed, studied = {}, {}, {}, {}, {}, {}
     for n in names:
         st = optuna.load_study(study_name=n, storage=storage)
         trials = st.get_trials(deepcopy=False)
         ledger = optuna.load_study(study_name=ledger_name(n), storage=storage) if ledger_name(n) in known else None
+        studied[n] = stored_objectives(st)
         points[n], fronts[n] = stored_front(st, ledger)  # confirmed (mean over seeds) where the study confirmed
         confirmed[n] = any(p.seeds for p in fronts[n])
         fidelities[n] = _figure_fidelity(st.user_attrs, confirmed[n])
@@ -64,14 +66,19 @@ def compare_studies(names: Sequence[str], storage: str, reference: dict[str, flo
                 refs.setdefault((p.label, fidelities[n]), p)
     same_fidelity = len(set(fidelities.values())) == 1
     references = [p for (r, fid), p in refs.items()] if same_fidelity else []
-    ref = (reference["miou"], reference["params"], reference["conv_macs"])
-    table = hypervolume_table(fronts, ref)
+    objectives = set(studied.values())
+    if len(objectives) > 1:
+        raise ValueError("the studies have different front objectives, their hypervolumes are not comparable: "
+                         + "; ".join(f"{n}: {list(o)}" for n, o in studied.items()))
+    (objectives,) = objectives
+    ref = tuple(reference[k] for k in objectives)
+    table = hypervolume_table(fronts, ref, objectives=objectives)
     out = Path(output_dir) / (name or "_vs_".join(names))
     out.mkdir(parents=True, exist_ok=True)
     png, html = plot_fronts(fronts, out / "fronts.png", out / "fronts.html", references=references, all_points=points,
                             title=" vs ".join(names))
-    notes = [f"reference point: mIoU {ref[0]}, {ref[1]:,} parameters, {ref[2]:,} conv MACs; hypervolume normalised "
-             "by 100 x params_ref x macs_ref",
+    notes = [f"reference point: {table[0]['reference'] if table else ref} ({', '.join(objectives)}); hypervolume "
+             "normalised by 100 x the product of the cost references",
              "fidelity: " + ("; ".join(f"{n}: {f}" for n, f in fidelities.items())),
              "figures: " + "; ".join(f"{n}: {'confirmed (mean over seeds)' if c else 'one seed'}"
                                      for n, c in confirmed.items())]

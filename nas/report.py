@@ -1,11 +1,13 @@
 """Pareto fronts, hypervolumes, figures and tables for the search and ablation reports.
 
-Objectives everywhere (three of them):
+Objectives (:mod:`nas.objectives`; the default front has the first three):
 
 * ``miou``      -- paper mIoU x100 (see :mod:`nas.metrics`), **maximised**;
 * ``params``    -- trainable parameters, **minimised**;
 * ``conv_macs`` -- multiply-accumulates of the convolutions only (the papers' "FLOPs",
-  see :mod:`nas.cost`), **minimised**.
+  see :mod:`nas.cost`), **minimised**;
+* ``ort_latency_ms`` -- measured ONNX Runtime CPU latency (ms), **minimised**, on the front
+  only when a study names it in ``study.objectives``.
 
 Everything here is a pure function of the points given (no MLflow, no Optuna study); the only
 third-party calls are numpy, matplotlib (Agg), plotly and -- for the hypervolume -- Optuna's
@@ -23,12 +25,13 @@ from typing import Any
 import numpy as np
 
 from nas._atomic import atomic_path
+from nas.objectives import DEFAULT_OBJECTIVES
 
 __all__ = ["FrontPoint", "as_front_point", "pareto_front", "hypervolume", "plot_fronts",
            "write_front_csv", "hypervolume_table", "write_table", "FRONT_CSV_COLUMNS"]
 
 FRONT_CSV_COLUMNS = ("label", "trial", "archid", "miou", "params", "conv_macs", "rung", "miou_std", "seeds",
-                     "miou_seeds", "within_noise")
+                     "miou_seeds", "within_noise", "ort_latency_ms")
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,8 @@ class FrontPoint:
     rung ``miou`` was measured at; once confirmed over seeds, ``miou`` is the mean over
     ``seeds`` (``miou_seeds`` the per-seed values, ``miou_std`` their sample standard
     deviation) and ``within_noise`` says whether the advantage over the front neighbour with
-    fewer parameters is inside seed noise (:func:`nas.moasha.mark_within_noise`)."""
+    fewer parameters is inside seed noise (:func:`nas.moasha.mark_within_noise`).
+    ``ort_latency_ms``: measured ONNX Runtime latency (ms) where the study measured it."""
     label: str
     miou: float
     params: int
@@ -52,6 +56,7 @@ class FrontPoint:
     seeds: tuple[int, ...] | None = None
     miou_seeds: tuple[float, ...] | None = None
     within_noise: bool | None = None
+    ort_latency_ms: float | None = None
 
 
 def as_front_point(p: FrontPoint | Mapping[str, Any]) -> FrontPoint:
@@ -60,29 +65,48 @@ def as_front_point(p: FrontPoint | Mapping[str, Any]) -> FrontPoint:
     if isinstance(p, FrontPoint):
         return p
     opt = {k: p.get(k) for k in ("rung", "miou_std", "within_noise")}
+    if p.get("ort_latency_ms") not in (None, ""):
+        opt["ort_latency_ms"] = float(p["ort_latency_ms"])
     for k in ("seeds", "miou_seeds"):
         opt[k] = tuple(p[k]) if p.get(k) is not None else None
     return FrontPoint(label=str(p["label"]), miou=float(p["miou"]), params=int(p["params"]),
                       conv_macs=int(p["conv_macs"]), trial=p.get("trial"), archid=p.get("archid"), **opt)
 
 
-def _losses(points: Sequence[FrontPoint]) -> np.ndarray:
-    """(N, 3) float array of minimisation objectives ``(-miou, params, conv_macs)``."""
-    return np.array([(-p.miou, p.params, p.conv_macs) for p in points], dtype=np.float64).reshape(-1, 3)
+def _losses(points: Sequence[FrontPoint], objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> np.ndarray:
+    """(N, M) float array of minimisation objectives ``(-miou, cost_1, ...)`` for ``objectives``
+    (``miou`` first).
+
+    Raises:
+        ValueError: a point without a value for one of ``objectives`` (e.g. no measured latency).
+    """
+    rows = []
+    for p in points:
+        costs = [getattr(p, n) for n in objectives[1:]]
+        if any(c is None for c in costs):
+            raise ValueError(f"point {p.label!r} has no value for objective(s) "
+                             f"{[n for n, c in zip(objectives[1:], costs) if c is None]}")
+        rows.append((-p.miou, *costs))
+    return np.array(rows, dtype=np.float64).reshape(-1, len(objectives))
 
 
-def pareto_front(points: Sequence[FrontPoint | Mapping[str, Any]]) -> list[FrontPoint]:
-    """Non-dominated subset under (max ``miou``, min ``params``, min ``conv_macs``).
+def pareto_front(points: Sequence[FrontPoint | Mapping[str, Any]],
+                 objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> list[FrontPoint]:
+    """Non-dominated subset under max ``miou`` and min of each further name of ``objectives``
+    (default: ``params``, ``conv_macs``).
 
-    A point is dropped if another is at least as good in all three objectives and strictly
-    better in one. Points equal in all three objectives are kept once (the first given).
+    A point is dropped if another is at least as good in all objectives and strictly
+    better in one. Points equal in all objectives are kept once (the first given).
     Returns the front sorted by ``params`` ascending (then ``conv_macs`` ascending, ``miou``
     descending); an empty input gives ``[]``.
+
+    Raises:
+        ValueError: a point without a value for one of ``objectives``.
     """
     pts = [as_front_point(p) for p in points]
     if not pts:
         return []
-    y = _losses(pts)
+    y = _losses(pts, objectives)
     _, first = np.unique(y, axis=0, return_index=True)          # one of each duplicate
     keep = np.sort(first)
     u = y[keep]
@@ -118,49 +142,56 @@ def _hv3d_slicing(losses: np.ndarray, ref: np.ndarray) -> float:
 
 
 def hypervolume(points: Sequence[FrontPoint | Mapping[str, Any]],
-                reference: tuple[float, float, float], *, normalized: bool = True) -> float:
-    """Hypervolume dominated by ``points`` w.r.t. ``reference = (miou_ref, params_ref, macs_ref)``.
+                reference: Sequence[float], *, normalized: bool = True,
+                objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> float:
+    """Hypervolume dominated by ``points`` w.r.t. ``reference`` (one value per name of
+    ``objectives``; default ``(miou_ref, params_ref, macs_ref)``).
 
     The volume of the union over points p of the boxes
-    ``[miou_ref, miou_p] x [params_p, params_ref] x [macs_p, macs_ref]`` (mIoU up is better,
-    params and MACs down are better). Points not strictly better than the reference in all
-    three objectives contribute nothing. Dominated points may be included (no effect).
+    ``[miou_ref, miou_p] x [cost_p, cost_ref] x ...`` (mIoU up is better, every cost down is
+    better). Points not strictly better than the reference in every objective contribute
+    nothing. Dominated points may be included (no effect).
 
     Args:
         points: FrontPoints (or mappings with the same keys).
-        reference: worst acceptable (mIoU x100, parameters, conv MACs); params_ref and
-            macs_ref must be > 0 when ``normalized``.
-        normalized: divide the mIoU axis by 100 and the params / MACs axes by params_ref /
-            macs_ref, i.e. return ``raw / (100 * params_ref * macs_ref)``; for
-            ``0 <= miou_ref`` and mIoU <= 100 the result lies in [0, 1].
+        reference: worst acceptable values, in the order of ``objectives`` (mIoU x100, then
+            each cost); the costs' references must be > 0 when ``normalized``.
+        normalized: divide the mIoU axis by 100 and each cost axis by its reference, i.e. return
+            ``raw / (100 * prod(cost_refs))``; for ``0 <= miou_ref`` and mIoU <= 100 the result
+            lies in [0, 1].
+        objectives: ``miou`` first, then the costs (:mod:`nas.objectives`).
 
     Returns:
-        The hypervolume, in mIoU-points x parameters x MACs when not ``normalized``.
+        The hypervolume, in mIoU-points x the costs' units when not ``normalized``.
 
     Raises:
-        ValueError: if ``reference`` does not have 3 finite entries, or ``normalized`` with a
-            non-positive params_ref / macs_ref.
+        ValueError: if ``reference`` does not have one finite entry per objective, or
+            ``normalized`` with a non-positive cost reference, or a point lacks an objective.
 
-    Uses ``optuna._hypervolume.compute_hypervolume`` (exact; Optuna's own 3-D algorithm) and
-    falls back to an exact slicing algorithm if that private API is missing or changed.
+    Uses ``optuna._hypervolume.compute_hypervolume`` (exact: Optuna's 3-D algorithm, WFG beyond)
+    and falls back to an exact slicing algorithm (3 objectives) if that private API is missing.
     """
+    m = len(objectives)
     ref = np.asarray(reference, dtype=np.float64)
-    if ref.shape != (3,) or not np.isfinite(ref).all():
-        raise ValueError(f"reference must be 3 finite numbers (miou, params, macs), got {reference!r}")
-    if normalized and (ref[1] <= 0 or ref[2] <= 0):
-        raise ValueError(f"normalized hypervolume needs params_ref > 0 and macs_ref > 0, got {reference!r}")
-    y = _losses([as_front_point(p) for p in points])
-    r = np.array([-ref[0], ref[1], ref[2]])
+    if ref.shape != (m,) or not np.isfinite(ref).all():
+        raise ValueError(f"reference must be {m} finite numbers ({', '.join(objectives)}), got {reference!r}")
+    if normalized and (ref[1:] <= 0).any():
+        raise ValueError(f"normalized hypervolume needs every cost reference > 0 ({', '.join(objectives[1:])}), "
+                         f"got {reference!r}")
+    y = _losses([as_front_point(p) for p in points], objectives)
+    r = np.concatenate([[-ref[0]], ref[1:]])
     y = y[(y < r).all(axis=1)]
     if len(y) == 0:
         return 0.0
     if normalized:                                   # scale before computing: better conditioned
-        scale = np.array([100.0, ref[1], ref[2]])
+        scale = np.concatenate([[100.0], ref[1:]])
         y, r = y / scale, r / scale
     try:
         from optuna._hypervolume import compute_hypervolume
         return float(compute_hypervolume(y, r))
     except (ImportError, TypeError, AttributeError):  # private API moved: exact fallback
+        if m != 3:
+            raise
         return float(_hv3d_slicing(y, r))
 
 
@@ -184,10 +215,12 @@ def _hover(p: FrontPoint, study: str = "") -> str:
             f"<br>archid: {p.archid or '–'}<br>mIoU: {p.miou:.2f}"
             f"{f' +/- {p.miou_std:.2f} ({len(p.seeds or ())} seeds)' if p.miou_std is not None else ''}"
             f"{f'<br>rung: {p.rung}' if p.rung else ''}"
-            f"<br>params: {p.params:,}<br>conv MACs: {p.conv_macs:,}")
+            f"<br>params: {p.params:,}<br>conv MACs: {p.conv_macs:,}"
+            f"{f'<br>ONNX Runtime: {p.ort_latency_ms:.2f} ms' if p.ort_latency_ms is not None else ''}")
 
 
 _PANELS = (("params", "parameters"), ("conv_macs", "conv MACs (papers' FLOPs)"))
+_LATENCY_PANEL = ("ort_latency_ms", "ONNX Runtime CPU latency (ms)")
 
 
 def plot_fronts(fronts: Mapping[str, Sequence[FrontPoint]], png_path: str | Path,
@@ -195,8 +228,9 @@ def plot_fronts(fronts: Mapping[str, Sequence[FrontPoint]], png_path: str | Path
                 all_points: Mapping[str, Sequence[FrontPoint]] | None = None,
                 title: str = "") -> tuple[Path, Path]:
     """Two panels, mIoU (x100, up is better) vs parameters and vs conv MACs (log x, left is
-    better), as a PNG (matplotlib, Agg) and a self-contained interactive HTML (plotly, plotly.js
-    embedded so it opens offline).
+    better) -- and a third vs ONNX Runtime latency when every front point has one -- as a PNG
+    (matplotlib, Agg) and a self-contained interactive HTML (plotly, plotly.js embedded so it
+    opens offline).
 
     Each study's front (``fronts[name]``) is drawn as markers in its own colour joined by the
     staircase of its 2-D front in that panel's projection (a 3-D front point may lie under the
@@ -218,10 +252,18 @@ def plot_fronts(fronts: Mapping[str, Sequence[FrontPoint]], png_path: str | Path
     palette = matplotlib.colormaps["tab10"].colors
     colour = {n: to_hex(palette[i % len(palette)]) for i, n in enumerate(names)}
 
-    fig = Figure(figsize=(12, 4.8))
-    axes = fig.subplots(1, 2, sharey=True)
-    pfig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=[t for _, t in _PANELS])
-    for col, (ax, (key, xlabel)) in enumerate(zip(axes, _PANELS), start=1):
+    front_pts = [p for v in fronts.values() for p in v]
+    panels = _PANELS + ((_LATENCY_PANEL,) if front_pts and all(p.ort_latency_ms is not None for p in front_pts)
+                        else ())
+    fig = Figure(figsize=(6 * len(panels), 4.8))
+    axes = fig.subplots(1, len(panels), sharey=True)
+    pfig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, subplot_titles=[t for _, t in panels])
+    full = (fronts, all_points, refs)
+    for col, (ax, (key, xlabel)) in enumerate(zip(axes, panels), start=1):
+        if key == _LATENCY_PANEL[0]:  # only the points with a measured latency
+            fronts, all_points = ({k: [p for p in v if p.ort_latency_ms is not None] for k, v in d.items()}
+                                  for d in full[:2])
+            refs = [p for p in full[2] if p.ort_latency_ms is not None]
         for n, pts in all_points.items():
             if pts:
                 ax.scatter([getattr(p, key) for p in pts], [p.miou for p in pts], s=10,
@@ -272,6 +314,7 @@ def plot_fronts(fronts: Mapping[str, Sequence[FrontPoint]], png_path: str | Path
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", alpha=0.3)
         pfig.update_xaxes(type="log", title_text=xlabel, row=1, col=col)
+    fronts, all_points, refs = full
     axes[0].set_ylabel("mIoU (x100)")
     pfig.update_yaxes(title_text="mIoU (x100)", row=1, col=1)
     if fronts:
@@ -307,14 +350,16 @@ def write_front_csv(points: Sequence[FrontPoint | Mapping[str, Any]], path: str 
     return path
 
 
-def hypervolume_table(fronts: Mapping[str, Sequence[FrontPoint]], reference: tuple[float, float, float],
-                      *, normalized: bool = True) -> list[dict]:
+def hypervolume_table(fronts: Mapping[str, Sequence[FrontPoint]], reference: Sequence[float],
+                      *, normalized: bool = True, objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> list[dict]:
     """One row per study: ``{study, front_size, hypervolume, reference}`` with ``front_size``
-    the size of :func:`pareto_front` of the study's points and ``reference`` written as the
-    string ``"(miou, params, macs)"``. See :func:`hypervolume` for the units."""
-    ref = f"({reference[0]:g}, {int(reference[1]):,}, {int(reference[2]):,})"
-    return [{"study": name, "front_size": len(pareto_front(pts)),
-             "hypervolume": hypervolume(pts, reference, normalized=normalized), "reference": ref}
+    the size of :func:`pareto_front` of the study's points (under ``objectives``) and ``reference``
+    written as the string ``"(miou, params, macs[, ms])"``. See :func:`hypervolume` for the units."""
+    ref = "(" + ", ".join(f"{v:g}" if n in ("miou", "ort_latency_ms") else f"{int(v):,}"
+                          for n, v in zip(objectives, reference)) + ")"
+    return [{"study": name, "front_size": len(pareto_front(pts, objectives)),
+             "hypervolume": hypervolume(pts, reference, normalized=normalized, objectives=objectives),
+             "reference": ref}
             for name, pts in fronts.items()]
 
 

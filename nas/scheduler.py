@@ -106,7 +106,7 @@ class Scheduler:
         if any(t.state == TrialState.WAITING for t in led):
             return self._ask_ledger()
         seed, s = self.ladder.seed, self.s
-        cands = candidates(trials, led, seed)
+        cands = candidates(trials, led, seed, self.s.objectives)
         time_up = self._time_up()
         if time_up and self.stopped is None:
             self.stopped = f"study.time_budget_s={s.time_budget_s:g} s reached"
@@ -124,7 +124,7 @@ class Scheduler:
         if c["running"] or any(t.user_attrs.get("kind") == "promotion" for t in running):
             return _WAIT  # their results may still change the schedule or the front
         if s.confirm_seeds:
-            _, front = rung_front(trials, led, self.ladder.names[: self.ladder.n_sched], seed)
+            _, front = rung_front(trials, led, self.ladder.names[: self.ladder.n_sched], seed, self.s.objectives)
             members = [p.trial for p in front]
             rung_of = {n: self._rung_of(cands, n) for n in members}
             seeds = [seed + i for i in range(1, s.confirm_seeds + 1)]

@@ -254,7 +254,7 @@ def open_study(
     training (see :mod:`nas.points`); the sampler never sees it.
 
     Raises:
-        ValueError: the stored study has other directions than ``s.mode``.
+        ValueError: the stored study has other directions or objectives than ``s.mode`` and ``s.objectives``.
         sqlalchemy.exc.OperationalError: the storage cannot be reached.
     """
     kwargs: dict[str, Any] = {}
@@ -263,7 +263,7 @@ def open_study(
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     else:
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}
-    dirs = directions(s.mode)
+    dirs = directions(s.mode, s.objectives)
     # Workers started together on a new database would race to create its tables ("table already exists")
     with slot_lock(s.storage, "portrait-nas/create-tables"):
         storage = RDBStorage(
@@ -283,12 +283,14 @@ def open_study(
         )
         ledger = optuna.create_study(study_name=ledger_name(s.name), storage=storage, direction="maximize",
                                      sampler=optuna.samplers.RandomSampler(seed=s.seed), load_if_exists=True)
-    if [d.name.lower() for d in study.directions] != dirs:
-        raise ValueError(
-            f"study {s.name!r} exists with {len(study.directions)} objective(s); "
-            f"study.mode={s.mode} needs {len(dirs)}: use another study.name"
-        )
-    study.set_metric_names(objective_names(s.mode))
+    names = objective_names(s.mode, s.objectives)
+    stored = list(study.metric_names) if study.metric_names is not None else None
+    if [d.name.lower() for d in study.directions] != dirs or stored not in (None, names):
+        had = stored or f"{len(study.directions)} objective(s)"
+        raise ValueError(f"study {s.name!r} exists with objectives {had}; study.objectives={names} "
+                         f"(study.mode={s.mode}) differs: use another study.name")
+    if stored is None:
+        study.set_metric_names(names)
     return study, storage, ledger
 
 

@@ -58,7 +58,7 @@ from nas.storage import (
     slot_lock,
     tell_failed,
 )
-from nas.study_results import write_study_results
+from nas.study_results import front_objectives, write_study_results
 from nas.tracking import (
     FINISHED,
     KILLED,
@@ -167,6 +167,7 @@ class StudyWorker:
         load_data_fn: Callable[[TrainConfig], DataBundle] | None = None,
     ):
         self.s, self.space, self.train_cfg, self.tracker = settings, space, train_cfg, tracker
+        self.objectives = front_objectives(settings)
         self.study, self.storage, self.ledger = self._db(open_study, settings, sampler, pruner, what="opening")
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry)
         self.progress = progress
@@ -334,11 +335,11 @@ class StudyWorker:
         finally:
             self.timing[kind] += time.perf_counter() - t0
 
-    def _evaluate(self, trial: optuna.Trial, run: TrainingRun) -> str:
-        """Suggest, count, check budgets, train at rung 0; tell Optuna. Returns the timing bucket."""
-        g = self.space.suggest(trial)
+    def _costs(self, trial: optuna.Trial, g: Genotype) -> tuple[dict[str, float], bool]:
+        """Count (and, if a budget or objective needs it, measure) ``g``'s costs; set each budget's
+        constraint (the excess over it). Returns ``(costs, feasible)``."""
         cost = genotype_cost(g, self.s.cost_input_size)  # shapes only: milliseconds
-        measured = {"params": cost.params, "conv_macs": cost.conv_macs}
+        measured: dict[str, float] = {"params": cost.params, "conv_macs": cost.conv_macs}
         over = {}
         for key, value in measured.items():
             limit = self.s.budgets.get(key)
@@ -346,14 +347,20 @@ class StudyWorker:
                 self._db(trial.set_constraint, key, float(value - limit))
                 over[key] = value > limit
         ort_limit = self.s.budgets.get("ort_latency_ms")
-        if ort_limit is not None:  # seconds of export: only for candidates within the counted budgets
-            if not any(over.values()):
-                measured["ort_latency_ms"] = ort_latency(g, self.s.cost_input_size, self.s.latency_threads)
+        # seconds of export: only for candidates within the counted budgets
+        if (ort_limit is not None or "ort_latency_ms" in self.objectives) and not any(over.values()):
+            measured["ort_latency_ms"] = ort_latency(g, self.s.cost_input_size, self.s.latency_threads)
+        if ort_limit is not None:
             # over another budget: not measured; the constraint says "infeasible" (+1 ms) without a figure
             excess = measured["ort_latency_ms"] - ort_limit if "ort_latency_ms" in measured else 1.0
             self._db(trial.set_constraint, "ort_latency_ms", float(excess))
             over["ort_latency_ms"] = excess > 0
-        feasible = not any(over.values())
+        return measured, not any(over.values())
+
+    def _evaluate(self, trial: optuna.Trial, run: TrainingRun) -> str:
+        """Suggest, count, check budgets, train at rung 0; tell Optuna. Returns the timing bucket."""
+        g = self.space.suggest(trial)
+        measured, feasible = self._costs(trial, g)
         attrs = {"archid": g.archid(), "family": g.family, "genotype": g.to_json(), **measured,
                  "rung": self.ladder.names[0], "feasible": feasible}
         for k, v in attrs.items():  # "feasible" last: it makes the trial a candidate for the schedule
@@ -365,7 +372,7 @@ class StudyWorker:
         run.log_metrics(measured)
         if not feasible:
             # never trained, takes no slot: the sampler sees the constraint values; 0 marks "no mIoU measured"
-            self._db(self.study.tell, trial, self._values(0.0, cost.params, cost.conv_macs))
+            self._db(self.study.tell, trial, self._values(0.0, measured))
             return "infeasible_s"
         run.log_text(g.to_yaml(), "genotype.yaml")
         res = self._train(g, 0, self.train_cfg.seed, run, trial)
@@ -381,11 +388,15 @@ class StudyWorker:
             self._db(trial.set_user_attr, "fvcore_total", metrics["fvcore_total"])
             self._db(trial.set_user_attr, "latency_ms", metrics["latency_ms"])
         run.log_metrics(metrics, step=self.ladder.cfgs[0].epochs)
-        self._db(self.study.tell, trial, self._values(res.miou, cost.params, cost.conv_macs), what="telling a result")
+        self._db(self.study.tell, trial, self._values(res.miou, measured), what="telling a result")
         return "trained_s"
 
-    def _values(self, miou: float, params: int, macs: int) -> float | list[float]:
-        return [miou, float(params), float(macs)] if self.s.mode == "pareto" else miou
+    def _values(self, miou: float, costs: dict[str, float]) -> float | list[float]:
+        """The values told to Optuna: ``[miou, cost, ...]`` in ``study.objectives`` order (a cost not
+        measured, over another budget: its reference value), or ``miou`` (constrained)."""
+        if self.s.mode != "pareto":
+            return miou
+        return [miou, *(float(costs.get(n, self.s.reference_point[n])) for n in self.objectives[1:])]
 
     # -- the end -----------------------------------------------------------------------------------
     def finish(self, status: str = FINISHED) -> dict[str, Any]:

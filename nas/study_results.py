@@ -31,6 +31,11 @@ from search_spaces import Genotype, genotype_from_dict
 __all__ = ["export_front", "point_json", "study_summary", "write_study_results"]
 
 
+def front_objectives(s: SearchSettings) -> tuple[str, ...]:
+    """The objectives of the study's front: ``study.objectives`` (a constrained study: the default ones)."""
+    return tuple(objective_names("pareto", s.objectives if s.mode == "pareto" else None))
+
+
 def write_study_results(s: SearchSettings, study: optuna.Study, ledger: optuna.Study, ladder: RungLadder, *,
                         tracker: Tracker | None = None, parent_run: str | None = None,
                         timing: dict[str, float] | None = None, stopped: str | None = None,
@@ -44,9 +49,11 @@ def write_study_results(s: SearchSettings, study: optuna.Study, ledger: optuna.S
 
     trials = study.get_trials(deepcopy=False)
     led = ledger.get_trials(deepcopy=False)
-    everything, front = study_front(trials, led, ladder.names, ladder.n_sched, ladder.seed, ladder.confirm_index)
+    objectives = front_objectives(s)
+    everything, front = study_front(trials, led, ladder.names, ladder.n_sched, ladder.seed, ladder.confirm_index,
+                                    objectives)
     ref = s.reference_point
-    hv = hypervolume(front, tuple(ref[n] for n in objective_names())) if front else 0.0
+    hv = hypervolume(front, tuple(ref[n] for n in objectives), objectives=objectives) if front else 0.0
     out = Path(s.output_dir) / s.name
     exported = export_front(trials, front, out / "pareto")
     if tracker:
@@ -104,7 +111,7 @@ def study_summary(s: SearchSettings, trials: Sequence[FrozenTrial], led: Sequenc
     front (:func:`point_json`), its hypervolume and reference, why it stopped, timing (s) and fidelity."""
     c = count_slots(trials)
     seed = ladder.seed
-    cands = candidates(trials, led, seed)
+    cands = candidates(trials, led, seed, front_objectives(s))
     per_rung = {n: sum(1 for cd in cands.values() if (k, seed) in cd.results)
                 for k, n in enumerate(ladder.names[: ladder.n_sched])}
     return {
@@ -122,11 +129,12 @@ def study_summary(s: SearchSettings, trials: Sequence[FrozenTrial], led: Sequenc
         "n_confirmations": sum(1 for t in led if t.state == TrialState.COMPLETE and t.user_attrs.get("kind")
                                == "confirm"),
         "n_ledger_failed": sum(1 for t in led if t.state == TrialState.FAIL),
-        "pareto": [point_json(p) | _measured(trials[p.trial]) for p in front],
+        "objectives": list(front_objectives(s)),
+        "pareto": [point_json(p) for p in front],
         "budgets": dict(s.budgets),
         "confirmed": any(p.seeds for p in front),
         "hypervolume": hv,
-        "reference_point": s.reference_point,
+        "reference_point": {n: s.reference_point[n] for n in front_objectives(s)},
         "stopped": stopped,
         "infeasible_time_fraction": timing.get("infeasible_s", 0.0) / max(timing.get("wall_s", 0.0), 1e-9),
         "timing_s": {k: round(v, 2) for k, v in timing.items()},
@@ -135,16 +143,13 @@ def study_summary(s: SearchSettings, trials: Sequence[FrozenTrial], led: Sequenc
     }
 
 
-def _measured(t: FrozenTrial) -> dict[str, Any]:
-    """Budget-only figures measured before training (``ort_latency_ms``), where the study measured them."""
-    v = t.user_attrs.get("ort_latency_ms")
-    return {"ort_latency_ms": round(float(v), 3)} if v is not None else {}
-
-
 def point_json(p: FrontPoint) -> dict[str, Any]:
-    """A front point as the JSON line gives it (``rung``; ``miou_std``, ``seeds``... once confirmed)."""
+    """A front point as the JSON line gives it (``rung``; ``ort_latency_ms`` where measured; ``miou_std``,
+    ``seeds``... once confirmed)."""
     d = {"trial": p.trial, "label": p.label, "miou": round(p.miou, 3), "params": p.params, "conv_macs": p.conv_macs,
          "rung": p.rung}
+    if p.ort_latency_ms is not None:
+        d["ort_latency_ms"] = round(p.ort_latency_ms, 3)
     if p.seeds:
         d |= {"miou_std": round(p.miou_std, 3), "seeds": list(p.seeds), "miou_seeds": [round(v, 3) for v in
                                                                                          p.miou_seeds],

@@ -151,6 +151,19 @@ def test_the_objectives_table_is_the_one_source_of_directions_budgets_and_refere
     assert compose("pareto", REQUIRED["pareto"]).reference_point is None  # nas-pareto falls back to the table
     with pytest.raises(ValueError, match=f"allowed: {', '.join(BUDGET_KEYS)}"):
         SearchSettings(name="x", budgets={"latency": 3})
+    # the front's objectives: mIoU first, then known costs, each once; a latency objective goes to Optuna
+    lat = ["miou", "params", "conv_macs", "ort_latency_ms"]
+    assert directions("pareto", lat) == ["maximize", "minimize", "minimize", "minimize"]
+    assert compose("search", ["study.objectives=[miou,params,ort_latency_ms]"]).study.objectives == [
+        "miou", "params", "ort_latency_ms"]
+    for bad in (["params", "miou"], ["miou"], ["miou", "params", "params"], ["miou", "latency"]):
+        with pytest.raises(ValueError, match=r"study\.objectives=.*allowed: 'miou' first, then one or more of "
+                                             r"\['params', 'conv_macs', 'ort_latency_ms'\]"):
+            SearchSettings(name="x", objectives=bad)
+    with pytest.raises(ValueError, match=r"study\.reference_point has unknown key\(s\) \['mIoU'\]"):
+        SearchSettings(name="x", reference_point={"mIoU": 40})
+    assert SearchSettings(name="x", reference_point={"miou": 40}).reference_point == default_reference_point() | {
+        "miou": 40}
 
 
 def test_cli_config_error_is_one_line_and_status_2(tmp_path: Path) -> None:

@@ -128,3 +128,37 @@ def test_study_budget_on_ort_latency_measures_before_training_and_never_trains_o
     assert c["ort_latency_ms"] == pytest.approx(t.user_attrs["ort_latency_ms"] - 0.001)
     assert t.user_attrs["feasible"] is False and "miou" not in t.user_attrs  # measured, over budget, not trained
     assert summary["n_infeasible"] == 1 and summary["budgets"]["ort_latency_ms"] == 0.001
+
+
+def test_ort_latency_as_a_pareto_objective_is_measured_told_and_on_the_front(workdir) -> None:
+    from nas.cli.search import build_worker
+    from nas.objectives import default_reference_point
+    from nas.pareto import compare_studies
+    from nas.report import hypervolume
+
+    lat = ["miou", "params", "conv_macs", "ort_latency_ms"]
+    base = ["fidelity=tiny", "data.val_fraction=0.1", "train.threads=1", "progress=false", "study.extra_costs=false",
+            "study.n_trials=2", "study.enqueue=[sinet]", "study.cost_input_size=[64,64]"]
+    cfg = compose("search", [*base, "study.name=lat", f"study.objectives=[{','.join(lat)}]"])
+    summary = build_worker(cfg).run()
+    study = optuna.load_study(study_name="lat", storage="sqlite:///nas_studies.db")
+    assert study.metric_names == lat and len(study.directions) == 4
+    trained = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trained) == 2
+    for t in trained:  # measured before training, told to Optuna as the 4th value
+        assert t.values[3] == pytest.approx(t.user_attrs["ort_latency_ms"]) and t.values[3] > 0
+    assert summary["objectives"] == lat and set(summary["reference_point"]) == set(lat)
+    assert summary["pareto"] and all(p["ort_latency_ms"] > 0 for p in summary["pareto"])
+    ref = default_reference_point()
+    pts = [{"label": str(p["trial"]), **p} for p in summary["pareto"]]
+    assert summary["hypervolume"] == pytest.approx(hypervolume(pts, [ref[n] for n in lat], objectives=lat), rel=1e-4)
+    html = (workdir / "runs" / "search" / "lat" / "pareto.html").read_text()
+    assert "ONNX Runtime CPU latency (ms)" in html  # the third panel
+    # the same study with other objectives, and fronts with other objectives, are refused
+    with pytest.raises(ValueError, match=r"study 'lat' exists with objectives \['miou', 'params', 'conv_macs', "
+                                         r"'ort_latency_ms'\]; study.objectives=\['miou', 'params', 'conv_macs'\]"):
+        build_worker(compose("search", [*base, "study.name=lat"]))
+    optuna.create_study(study_name="plain", storage="sqlite:///nas_studies.db",
+                        directions=["maximize", "minimize", "minimize"]).set_metric_names(lat[:3])
+    with pytest.raises(ValueError, match="different front objectives"):
+        compare_studies(["lat", "plain"], "sqlite:///nas_studies.db", None, str(workdir / "cmp"))

@@ -59,6 +59,26 @@ def test_hypervolume_single_box():
     assert hypervolume([P("a", 60.0, 100, 1000)], REF) == pytest.approx(2e6 / (100 * 200 * 3000))
 
 
+def test_a_latency_objective_keeps_a_faster_point_and_adds_an_axis():
+    lat = ("miou", "params", "conv_macs", "ort_latency_ms")
+    a = FrontPoint("a", 60.0, 100, 1000, ort_latency_ms=5.0)
+    b = FrontPoint("b", 60.0, 150, 2000, ort_latency_ms=2.0)  # more params and MACs, but faster
+    assert [p.label for p in pareto_front([a, b])] == ["a"]
+    assert [p.label for p in pareto_front([a, b], lat)] == ["a", "b"]
+    # one point: the box [50, 60] x [100, 200] x [1000, 3000] x [5, 10], normalised by 100 x 200 x 3000 x 10
+    ref = (*REF, 10.0)
+    assert hypervolume([a], ref, objectives=lat, normalized=False) == pytest.approx(10 * 100 * 2000 * 5)
+    assert hypervolume([a], ref, objectives=lat) == pytest.approx(10 * 100 * 2000 * 5 / (100 * 200 * 3000 * 10))
+    # b adds [50, 60] x [150, 200] x [2000, 3000] x [2, 5]
+    both = 10 * 100 * 2000 * 5 + 10 * 50 * 1000 * 3
+    assert hypervolume([a, b], ref, objectives=lat, normalized=False) == pytest.approx(both)
+    with pytest.raises(ValueError, match=r"reference must be 4 finite numbers \(miou, params, conv_macs, "
+                                         r"ort_latency_ms\)"):
+        hypervolume([a], REF, objectives=lat)
+    with pytest.raises(ValueError, match=r"point 'c' has no value for objective\(s\) \['ort_latency_ms'\]"):
+        pareto_front([a, FrontPoint("c", 70.0, 100, 1000)], lat)
+
+
 def test_hypervolume_two_overlapping_boxes():
     a, b = P("a", 60.0, 100, 1000), P("b", 55.0, 50, 2000)
     box_a = 10 * 100 * 2000
@@ -148,19 +168,20 @@ def test_plot_fronts_writes_png_and_offline_html(tmp_path):
 
 def test_write_front_csv_round_trip(tmp_path):
     confirmed = FrontPoint("c", 87.5, 30_000, 9_000_000, trial=7, rung="search", miou_std=0.5,
-                           seeds=(0, 1, 2), miou_seeds=(87.0, 87.5, 88.0), within_noise=True)
+                           seeds=(0, 1, 2), miou_seeds=(87.0, 87.5, 88.0), within_noise=True, ort_latency_ms=4.25)
     pts = [P("a", 90.123456789, 86_910, 63_740_000, trial=4, archid="x_1"), P("b", 88.5, 1, 2), confirmed]
     path = write_front_csv(pts, tmp_path / "front.csv")
     with path.open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["label", "trial", "archid", "miou", "params", "conv_macs", "rung", "miou_std",
-                             "seeds", "miou_seeds", "within_noise"]
+                             "seeds", "miou_seeds", "within_noise", "ort_latency_ms"]
     assert rows[0] == {"label": "a", "trial": "4", "archid": "x_1", "miou": "90.123456789",
                        "params": "86910", "conv_macs": "63740000", "rung": "", "miou_std": "", "seeds": "",
-                       "miou_seeds": "", "within_noise": ""}
+                       "miou_seeds": "", "within_noise": "", "ort_latency_ms": ""}
     assert rows[1]["trial"] == "" and rows[1]["archid"] == ""
     assert rows[2]["rung"] == "search" and rows[2]["seeds"] == "0;1;2"
     assert rows[2]["miou_seeds"] == "87.0;87.5;88.0" and rows[2]["within_noise"] == "True"
+    assert rows[2]["ort_latency_ms"] == "4.25" and report.as_front_point(rows[2]).ort_latency_ms == 4.25
 
 
 def test_write_table_md_csv_tex(tmp_path):
