@@ -12,11 +12,11 @@ No torch import.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = ["BUDGET_KEYS", "COUNTED_BUDGET_KEYS", "DEFAULT_OBJECTIVES", "OBJECTIVES", "Objective", "check_objectives",
-           "default_reference_point", "directions", "objective_names"]
+           "default_reference_point", "directions", "objective_names", "told_values"]
 
 
 @dataclass(frozen=True)
@@ -93,3 +93,13 @@ def default_reference_point() -> dict[str, float]:
     """``{name: reference}`` of every objective (the hypervolume reference of ``nas-search`` and
     ``nas-pareto``; a front uses the entries of its own objectives)."""
     return {o.name: o.reference for o in OBJECTIVES}
+
+
+def told_values(mode: str, objectives: Sequence[str], miou: float, costs: Mapping[str, float],
+                reference: Mapping[str, float]) -> float | list[float]:
+    """The values told to Optuna: ``[miou, cost, ...]`` in ``objectives`` order (``pareto``; a cost
+    not measured, for a candidate over another budget, takes its ``reference`` value), or ``miou``
+    (``constrained``)."""
+    if mode != "pareto":
+        return miou
+    return [miou, *(float(costs.get(n, reference[n])) for n in objectives[1:])]

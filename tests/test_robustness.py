@@ -325,9 +325,9 @@ def test_parallel_workers_on_sqlite(workdir: Path) -> None:
 @pytest.mark.slow
 def test_non_finite_loss_fails_one_trial_and_the_study_goes_on(tracked: Path, monkeypatch) -> None:
     """A real NaN: the second trial trains with lr=1e30 (the others with the configured lr)."""
-    import nas.study
+    import nas.rung_trainer
 
-    real = nas.study.train_genotype
+    real = nas.rung_trainer.train_genotype
     calls = []
 
     def one_bad_trial(g, cfg, data, on_epoch=None):
@@ -336,7 +336,7 @@ def test_non_finite_loss_fails_one_trial_and_the_study_goes_on(tracked: Path, mo
             cfg = dataclasses.replace(cfg, lr=1e30)
         return real(g, cfg, data, on_epoch=on_epoch)
 
-    monkeypatch.setattr(nas.study, "train_genotype", one_bad_trial)
+    monkeypatch.setattr(nas.rung_trainer, "train_genotype", one_bad_trial)
     n, name = 3, "nan-loss"
     summary = search_in_process(name, n, epochs=1)
     trials = assert_study_done(SQLITE, name, n)
@@ -363,9 +363,9 @@ def test_worker_goes_on_when_its_trial_was_failed_as_stale(tracked: Path, monkey
     retried by another worker while this one still trains it: this worker must not crash at ``tell``."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    import nas.study
+    import nas.rung_trainer
 
-    real = nas.study.train_genotype
+    real = nas.rung_trainer.train_genotype
     n, name = 2, "stale-alive"
 
     def found_stale_meanwhile(g, cfg, data, on_epoch=None):
@@ -377,7 +377,7 @@ def test_worker_goes_on_when_its_trial_was_failed_as_stale(tracked: Path, monkey
             RetryHeartbeatStaleTrialCallback(max_retry=2)(study, study._storage.get_trial(running[0]._trial_id))
         return res
 
-    monkeypatch.setattr(nas.study, "train_genotype", found_stale_meanwhile)
+    monkeypatch.setattr(nas.rung_trainer, "train_genotype", found_stale_meanwhile)
     summary = search_in_process(name, n, epochs=1)
     trials = assert_study_done(SQLITE, name, n)
     assert trials[0].state == TrialState.FAIL and [t.state for t in retries_of(trials, 0)] == [TrialState.COMPLETE]

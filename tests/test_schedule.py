@@ -77,7 +77,7 @@ def test_mo_asha_schedule_matches_hand_computed(tmp_path, monkeypatch) -> None:
     After c5: 6 results, top 2 = {c3, c5} (c5 has the fewest parameters): promote c5."""
     monkeypatch.chdir(tmp_path)
     t = Table(ROWS)
-    monkeypatch.setattr("nas.study.genotype_cost", t.cost)
+    monkeypatch.setattr("nas.budgets.genotype_cost", t.cost)
     w = make_worker(["study.name=hand", "study.n_trials=6", "study.scheduler=mo_asha", "study.eta=3"], t.train)
     summary = w.run()
     assert len(t.order) == 6, "the random sampler proposed a repeated architecture"
@@ -105,14 +105,14 @@ def test_budgets_spend_no_trials_and_max_infeasible_stops(tmp_path, monkeypatch)
     rows = [(80.0, 50_000, 1e6), (0.0, 500_000, 1e6), (81.0, 60_000, 1e6), (0.0, 600_000, 1e6),
             (82.0, 70_000, 1e6)] + [(0.0, 900_000, 1e6)] * 20
     t = Table(rows)
-    monkeypatch.setattr("nas.study.genotype_cost", t.cost)
+    monkeypatch.setattr("nas.budgets.genotype_cost", t.cost)
     w = make_worker(["study.name=budget", "study.n_trials=3", "study.budgets.params=100000"], t.train)
     s = w.run()
     assert s["n_complete"] == 3 and s["n_infeasible"] == 2 and s["stopped"] is None  # n_trials counts trained ones
     assert [c[0] for c in t.calls] == [0, 2, 4]
 
     t2 = Table([(80.0, 50_000, 1e6)] + [(0.0, 900_000, 1e6)] * 20)
-    monkeypatch.setattr("nas.study.genotype_cost", t2.cost)
+    monkeypatch.setattr("nas.budgets.genotype_cost", t2.cost)
     w = make_worker(["study.name=almost-all-over", "study.n_trials=4", "study.budgets.params=100000",
                      "study.max_infeasible=5"], t2.train)
     s = w.run()
@@ -124,7 +124,7 @@ def test_confirm_seeds_report_mean_std_and_noise_marks(tmp_path, monkeypatch) ->
     monkeypatch.chdir(tmp_path)
     rows = [(80.0, 50_000, 50e6), (85.0, 60_000, 60e6), (70.0, 90_000, 90e6)]
     t = Table(rows)
-    monkeypatch.setattr("nas.study.genotype_cost", t.cost)
+    monkeypatch.setattr("nas.budgets.genotype_cost", t.cost)
     w = make_worker(["study.name=conf", "study.n_trials=3", "study.confirm_seeds=2", "fidelity=search"], t.train)
     s = w.run()
     # the front (c0, c1) is retrained with seeds 1 and 2 at its own rung; c2 is dominated and is not
@@ -208,7 +208,7 @@ def test_nas_pareto_compares_confirmed_figures(tmp_path, monkeypatch) -> None:
 
     monkeypatch.chdir(tmp_path)
     t = Table([(80.0, 50_000, 50e6), (85.0, 60_000, 60e6)])
-    monkeypatch.setattr("nas.study.genotype_cost", t.cost)
+    monkeypatch.setattr("nas.budgets.genotype_cost", t.cost)
     make_worker(["study.name=c1", "study.n_trials=2", "study.confirm_seeds=2", "fidelity=search"], t.train).run()
     res = compare_studies(["c1"], "sqlite:///nas_studies.db", {"miou": 50.0, "params": 2e5, "conv_macs": 3e8},
                           str(tmp_path / "cmp"))

@@ -1,0 +1,73 @@
+"""A search candidate's costs: counted (and, where a budget or objective needs it, measured)
+before training and checked against the hard budgets; the further figures taken after training.
+
+One job: genotype -> costs. The study worker (:mod:`nas.study`) records them; the objectives
+table (:mod:`nas.objectives`) says which are budgets and which are on the front.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nas.config import SearchSettings
+from nas.cost import count_fvcore, genotype_cost, measure_latency
+from search_spaces import Genotype, create_model
+
+__all__ = ["CostCheck", "check_costs", "ort_latency", "trained_costs"]
+
+
+@dataclass(frozen=True)
+class CostCheck:
+    """A candidate's costs before training and its budget constraints.
+
+    Attributes:
+        costs: ``params`` (count), ``conv_macs`` (MACs at ``study.cost_input_size``) and, where
+            measured, ``ort_latency_ms`` (ms).
+        constraints: per budget, the excess over it (<= 0: within; Optuna's constraint value); an
+            ``ort_latency_ms`` budget of a candidate over another budget is +1 (not measured).
+    """
+
+    costs: dict[str, float]
+    constraints: dict[str, float]
+
+    @property
+    def feasible(self) -> bool:
+        """Within every budget."""
+        return all(v <= 0 for v in self.constraints.values())
+
+
+def ort_latency(g: Genotype, input_size: tuple[int, int], threads: int) -> float:
+    """Median batch-1 ONNX Runtime CPU latency (ms) of ``g`` at ``input_size`` (:func:`nas.export.ort_latency_ms`)."""
+    from nas.export import ort_latency_ms
+
+    return float(ort_latency_ms(create_model(g), input_size, threads=threads, warmup=3, repeats=10)["ort_latency_ms"])
+
+
+def check_costs(g: Genotype, s: SearchSettings, objectives: Sequence[str]) -> CostCheck:
+    """Count ``g``'s parameters and conv MACs (shapes only: milliseconds) and check them against
+    ``s.budgets``; measure its ONNX Runtime latency (an export: seconds) when an ``ort_latency_ms``
+    budget or objective needs it, and only if it is within the counted budgets.
+
+    Raises:
+        ValueError: ``g`` cannot be built at ``s.cost_input_size``.
+    """
+    cost = genotype_cost(g, s.cost_input_size)
+    costs: dict[str, float] = {"params": cost.params, "conv_macs": cost.conv_macs}
+    constraints = {k: float(v - s.budgets[k]) for k, v in costs.items() if s.budgets.get(k) is not None}
+    ort_limit = s.budgets.get("ort_latency_ms")
+    if (ort_limit is not None or "ort_latency_ms" in objectives) and all(v <= 0 for v in constraints.values()):
+        costs["ort_latency_ms"] = ort_latency(g, s.cost_input_size, s.latency_threads)
+    if ort_limit is not None:
+        constraints["ort_latency_ms"] = costs["ort_latency_ms"] - ort_limit if "ort_latency_ms" in costs else 1.0
+    return CostCheck(costs, constraints)
+
+
+def trained_costs(g: Genotype, s: SearchSettings) -> dict[str, float]:
+    """The figures taken after training when ``s.extra_costs``: ``fvcore_total`` (fvcore's MACs)
+    and ``latency_ms`` (torch eager, batch 1, ``s.latency_threads`` threads); else ``{}``."""
+    if not s.extra_costs:
+        return {}
+    model = create_model(g)
+    latency, _ = measure_latency(model, s.cost_input_size, threads=s.latency_threads, warmup=2, repeats=5)
+    return {"fvcore_total": count_fvcore(model, s.cost_input_size), "latency_ms": latency}
