@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from nas.config import SearchSettings
 from nas.cost import count_fvcore, genotype_cost, measure_latency
 from search_spaces import Genotype, create_model
 
-__all__ = ["CostCheck", "check_costs", "ort_latency", "trained_costs"]
+__all__ = ["CostCheck", "check_costs", "needs_latency", "ort_latency", "trained_costs"]
+
+
+def needs_latency(s: SearchSettings, objectives: Sequence[str]) -> bool:
+    """Whether the study measures ONNX Runtime latency (a budget or an objective names it)."""
+    return s.budgets.get("ort_latency_ms") is not None or "ort_latency_ms" in objectives
 
 
 @dataclass(frozen=True)
@@ -37,17 +43,20 @@ class CostCheck:
         return all(v <= 0 for v in self.constraints.values())
 
 
-def ort_latency(g: Genotype, input_size: tuple[int, int], threads: int) -> float:
-    """Median batch-1 ONNX Runtime CPU latency (ms) of ``g`` at ``input_size`` (:func:`nas.export.ort_latency_ms`)."""
+def ort_latency(g: Genotype, input_size: tuple[int, int], threads: int, inputs: Any = None) -> float:
+    """Median batch-1 ONNX Runtime CPU latency (ms) of ``g`` at ``input_size``, timed on ``inputs``
+    (N x 3 x H x W real images; None: a seeded standard-normal input) (:func:`nas.export.ort_latency_ms`)."""
     from nas.export import ort_latency_ms
 
-    return float(ort_latency_ms(create_model(g), input_size, threads=threads, warmup=3, repeats=10)["ort_latency_ms"])
+    res = ort_latency_ms(create_model(g), input_size, threads=threads, warmup=3, repeats=10, inputs=inputs)
+    return float(res["ort_latency_ms"])
 
 
-def check_costs(g: Genotype, s: SearchSettings, objectives: Sequence[str]) -> CostCheck:
+def check_costs(g: Genotype, s: SearchSettings, objectives: Sequence[str], timing_inputs: Any = None) -> CostCheck:
     """Count ``g``'s parameters and conv MACs (shapes only: milliseconds) and check them against
-    ``s.budgets``; measure its ONNX Runtime latency (an export: seconds) when an ``ort_latency_ms``
-    budget or objective needs it, and only if it is within the counted budgets.
+    ``s.budgets``; measure its ONNX Runtime latency (an export: seconds; on ``timing_inputs``, real
+    images at ``s.cost_input_size``, when given) when an ``ort_latency_ms`` budget or objective needs
+    it, and only if it is within the counted budgets.
 
     Raises:
         ValueError: ``g`` cannot be built at ``s.cost_input_size``.
@@ -56,8 +65,8 @@ def check_costs(g: Genotype, s: SearchSettings, objectives: Sequence[str]) -> Co
     costs: dict[str, float] = {"params": cost.params, "conv_macs": cost.conv_macs}
     constraints = {k: float(v - s.budgets[k]) for k, v in costs.items() if s.budgets.get(k) is not None}
     ort_limit = s.budgets.get("ort_latency_ms")
-    if (ort_limit is not None or "ort_latency_ms" in objectives) and all(v <= 0 for v in constraints.values()):
-        costs["ort_latency_ms"] = ort_latency(g, s.cost_input_size, s.latency_threads)
+    if needs_latency(s, objectives) and all(v <= 0 for v in constraints.values()):
+        costs["ort_latency_ms"] = ort_latency(g, s.cost_input_size, s.latency_threads, timing_inputs)
     if ort_limit is not None:
         constraints["ort_latency_ms"] = costs["ort_latency_ms"] - ort_limit if "ort_latency_ms" in costs else 1.0
     return CostCheck(costs, constraints)

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from nas._atomic import atomic_path
+from nas.cost import timing_input
 
 __all__ = ["ExportError", "MAX_OPSET", "MIN_OPSET", "check_against_torch", "export_checkpoint", "export_onnx",
            "onnx_metadata", "ort_latency_ms", "ort_session", "real_check_images", "written_opset"]
@@ -225,15 +226,21 @@ def ort_latency_ms(
     warmup: int = 5,
     repeats: int = 20,
     opset: int = 18,
+    inputs: Any = None,
 ) -> dict[str, Any]:
-    """Median batch-1 latency (ms) under ONNX Runtime's CPU execution provider.
+    """Median batch-1 latency (ms) under ONNX Runtime's CPU execution provider, timed on real
+    images when given, else on :func:`nas.cost.timing_input` (never zeros: ORT's PReLU is about 4x
+    faster on a zero input, so zeros under-report these networks' latency about 2x).
 
     Args:
         model_or_path: an ONNX file, or a network (exported to a temporary file first, checked
             against PyTorch on a random batch).
         input_size: (H, W) pixels of the timed input.
         threads: ONNX Runtime intra-op threads (recorded with the figure).
-        warmup / repeats: untimed runs first, then timed runs; the median is returned.
+        warmup / repeats: untimed runs first, then timed runs (per input image); the median over
+            all timed runs is returned.
+        inputs: N x 3 x H x W images (array or tensor) to time on, each at batch 1 (None: the
+            seeded standard-normal :func:`nas.cost.timing_input`).
 
     Returns:
         ``{"ort_latency_ms", "ort_threads", "ort_version", "ort_provider", "ort_repeats"}``
@@ -252,16 +259,20 @@ def ort_latency_ms(
         else:
             path = Path(model_or_path)
         sess = ort_session(path, threads)
-        x = np.zeros((1, 3, int(input_size[0]), int(input_size[1])), np.float32)
-        for _ in range(warmup):
-            sess.run(None, {"image": x})
+        xs = (np.asarray(inputs, np.float32) if inputs is not None
+              else timing_input((int(input_size[0]), int(input_size[1]))).numpy())
         times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            sess.run(None, {"image": x})
-            times.append((time.perf_counter() - t0) * 1e3)
+        for i in range(len(xs)):
+            x = xs[i : i + 1]
+            for _ in range(warmup):
+                sess.run(None, {"image": x})
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                sess.run(None, {"image": x})
+                times.append((time.perf_counter() - t0) * 1e3)
     return {"ort_latency_ms": statistics.median(times), "ort_threads": int(threads), "ort_version": ort.__version__,
-            "ort_provider": "CPUExecutionProvider", "ort_repeats": int(repeats), **extra}
+            "ort_provider": "CPUExecutionProvider", "ort_repeats": int(repeats),
+            "ort_input": "real images" if inputs is not None else "seeded standard normal", **extra}
 
 
 def real_check_images(reader: Any, preprocessing: Any, input_size: tuple[int, int], n: int = 4,
@@ -325,5 +336,5 @@ def export_checkpoint(
     res = export_onnx(model, out, size, opset=opset, metadata=md, check_inputs=x, atol=atol)
     res.update(checkpoint=str(checkpoint), archid=g.archid(), family=g.family, num_classes=g.num_classes)
     if latency_threads:
-        res.update(ort_latency_ms(out, size, threads=latency_threads))
+        res.update(ort_latency_ms(out, size, threads=latency_threads, inputs=x))
     return res

@@ -154,6 +154,8 @@ class StudyWorker:
         sampler / pruner: built from config by the caller.
         fidelity_name: the name of ``train_cfg``'s rung (``scheduler=none``), for reports.
         train_fn / load_data_fn: the trainer and data loader (tests inject stand-ins).
+        timing_inputs: N x 3 x H x W real images at ``study.cost_input_size`` that ONNX Runtime
+            latency is timed on (None: a seeded standard-normal input).
     """
 
     def __init__(
@@ -170,9 +172,10 @@ class StudyWorker:
         fidelity_name: str = "base",
         train_fn: Callable[..., Any] | None = None,
         load_data_fn: Callable[[TrainConfig], DataBundle] | None = None,
+        timing_inputs: Any = None,
     ):
         self.s, self.space, self.train_cfg, self.tracker, self.progress = settings, space, train_cfg, tracker, progress
-        self.objectives = front_objectives(settings)
+        self.objectives, self.timing_inputs = front_objectives(settings), timing_inputs
         self.study, self.storage, self.ledger = self._db(open_study, settings, sampler, pruner, what="opening")
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry)
         self.parent_run: str | None = None
@@ -303,7 +306,7 @@ class StudyWorker:
     def _evaluate(self, trial: optuna.Trial, run: TrainingRun) -> str:
         """Suggest, count, check budgets, train at rung 0; tell Optuna. Returns the timing bucket."""
         g = self.space.suggest(trial)
-        check = check_costs(g, self.s, self.objectives)
+        check = check_costs(g, self.s, self.objectives, self.timing_inputs)
         for k, v in check.constraints.items():
             self._db(trial.set_constraint, k, v)
         attrs = {"archid": g.archid(), "family": g.family, "genotype": g.to_json(), **check.costs,

@@ -16,7 +16,15 @@ import pytest
 import torch
 
 from nas.datasets import EG1800Reader
-from nas.export import ExportError, export_checkpoint, export_onnx, onnx_metadata, ort_session, real_check_images
+from nas.export import (
+    ExportError,
+    export_checkpoint,
+    export_onnx,
+    onnx_metadata,
+    ort_latency_ms,
+    ort_session,
+    real_check_images,
+)
 from nas.preprocess import OURS
 from search_spaces import create_model
 from search_spaces.spaces import SINetSpace
@@ -44,6 +52,7 @@ def test_published_networks_export_and_match_pytorch_on_real_images(model, relea
                             latency_threads=1)
     assert res["max_abs_diff"] <= 1e-4 and res["check_images"] == 4
     assert res["ort_latency_ms"] > 0 and res["ort_version"] == onnxruntime.__version__
+    assert res["ort_input"] == "real images"  # timed on the check images, not zeros (PReLU is data-dependent)
     meta = onnx_metadata(res["path"])
     pre = json.loads(meta["preprocessing"])
     assert pre["channel_order"] == "BGR" and meta["input_size"] == "64,64"  # the release's input, recorded
@@ -70,6 +79,21 @@ def test_a_searched_genotype_exports_and_matches_pytorch(eg1800_root, tmp_path) 
     torch.manual_seed(0)
     res = export_onnx(create_model(g), tmp_path / "g.onnx", SIZE, metadata={"archid": g.archid()}, check_inputs=x)
     assert res["max_abs_diff"] <= 1e-4 and onnx_metadata(res["path"])["archid"] == g.archid()
+
+
+def test_latency_is_timed_on_a_seeded_normal_input_unless_given_images(tmp_path) -> None:
+    from nas.cost import timing_input
+
+    x = timing_input((16, 16))
+    assert torch.equal(x, timing_input((16, 16))) and x.shape == (1, 3, 16, 16)
+    assert abs(float(x.std()) - 1.0) < 0.1 and float((x > 0).float().mean()) == pytest.approx(0.5, abs=0.1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3, padding=1), torch.nn.PReLU(2))
+    path = export_onnx(net, tmp_path / "p.onnx", (16, 16))["path"]
+    assert ort_latency_ms(path, (16, 16), repeats=2)["ort_input"] == "seeded standard normal"
+    res = ort_latency_ms(path, (16, 16), repeats=2, inputs=torch.rand(2, 3, 16, 16))
+    assert res["ort_input"] == "real images" and res["ort_latency_ms"] > 0
+    with pytest.raises(Exception, match="image"):  # images of another size than the model's: ORT names the input
+        ort_latency_ms(path, (16, 16), repeats=1, inputs=np.zeros((1, 3, 8, 9), np.float32))
 
 
 def test_bad_opset_and_unwritable_path_are_clear_errors(tmp_path) -> None:
@@ -140,7 +164,9 @@ def test_ort_latency_as_a_pareto_objective_is_measured_told_and_on_the_front(wor
     base = ["fidelity=tiny", "data.val_fraction=0.1", "train.threads=1", "progress=false", "study.extra_costs=false",
             "study.n_trials=2", "study.enqueue=[sinet]", "study.cost_input_size=[64,64]"]
     cfg = compose("search", [*base, "study.name=lat", f"study.objectives=[{','.join(lat)}]"])
-    summary = build_worker(cfg).run()
+    worker = build_worker(cfg)
+    assert tuple(worker.timing_inputs.shape) == (4, 3, 64, 64)  # timed on real training images at cost size
+    summary = worker.run()
     study = optuna.load_study(study_name="lat", storage="sqlite:///nas_studies.db")
     assert study.metric_names == lat and len(study.directions) == 4
     trained = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]

@@ -13,9 +13,11 @@ def build_worker(cfg: DictConfig):
     """Config -> space, recipe, data, tracker, sampler, pruner -> :class:`nas.study.StudyWorker`."""
     from hydra.utils import instantiate
 
+    from nas.budgets import needs_latency
     from nas.config import study_settings_from, train_settings_from
     from nas.datasets import data_source
     from nas.study import StudyWorker, check_storage
+    from nas.study_results import front_objectives
     from nas.tracking import Tracker
     from nas.train import load_data
 
@@ -37,8 +39,14 @@ def build_worker(cfg: DictConfig):
                          progress=bool(cfg.progress))
 
     data = load(tcfg) if s.scheduler == "none" else None
+    timing = None
+    if needs_latency(s, front_objectives(s)):  # latency is timed on real training images, not zeros
+        from nas.export import real_check_images
+        from nas.preprocess import OURS
+
+        timing = real_check_images(src.reader, OURS, s.cost_input_size, n=4, split="train")
     return StudyWorker(s, space, tcfg, data, tracker, sampler, pruner, progress=bool(cfg.progress),
-                       fidelity_name=_fidelity_choice(), load_data_fn=load)
+                       fidelity_name=_fidelity_choice(), load_data_fn=load, timing_inputs=timing)
 
 
 def _fidelity_choice() -> str:
