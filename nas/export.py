@@ -227,6 +227,7 @@ def ort_latency_ms(
     repeats: int = 20,
     opset: int = 18,
     inputs: Any = None,
+    sessions: int = 1,
 ) -> dict[str, Any]:
     """Median batch-1 latency (ms) under ONNX Runtime's CPU execution provider, timed on real
     images when given, else on :func:`nas.cost.timing_input` (never zeros: ORT's PReLU is about 4x
@@ -241,10 +242,12 @@ def ort_latency_ms(
             all timed runs is returned.
         inputs: N x 3 x H x W images (array or tensor) to time on, each at batch 1 (None: the
             seeded standard-normal :func:`nas.cost.timing_input`).
+        sessions: timed in this many fresh sessions; the median of their medians is returned (one
+            session's speed can sit 25% off another's on a shared machine).
 
     Returns:
-        ``{"ort_latency_ms", "ort_threads", "ort_version", "ort_provider", "ort_repeats"}``
-        (plus ``export_s`` when a network was exported).
+        ``{"ort_latency_ms", "ort_sessions_ms", "ort_threads", "ort_version", "ort_provider",
+        "ort_repeats", "ort_input"}`` (plus ``export_s`` when a network was exported).
 
     Raises:
         ExportError, OSError, FileNotFoundError: see :func:`export_onnx` / :func:`ort_session`.
@@ -258,20 +261,24 @@ def ort_latency_ms(
             extra["export_s"] = export_onnx(model_or_path, path, input_size, opset=opset)["export_s"]
         else:
             path = Path(model_or_path)
-        sess = ort_session(path, threads)
         xs = (np.asarray(inputs, np.float32) if inputs is not None
               else timing_input((int(input_size[0]), int(input_size[1]))).numpy())
-        times = []
-        for i in range(len(xs)):
-            x = xs[i : i + 1]
-            for _ in range(warmup):
-                sess.run(None, {"image": x})
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                sess.run(None, {"image": x})
-                times.append((time.perf_counter() - t0) * 1e3)
-    return {"ort_latency_ms": statistics.median(times), "ort_threads": int(threads), "ort_version": ort.__version__,
-            "ort_provider": "CPUExecutionProvider", "ort_repeats": int(repeats),
+        per_session = []
+        for _ in range(sessions):  # a fresh session each: their speeds differ (allocation, placement)
+            sess = ort_session(path, threads)
+            times = []
+            for i in range(len(xs)):
+                x = xs[i : i + 1]
+                for _ in range(warmup):
+                    sess.run(None, {"image": x})
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    sess.run(None, {"image": x})
+                    times.append((time.perf_counter() - t0) * 1e3)
+            per_session.append(statistics.median(times))
+    return {"ort_latency_ms": statistics.median(per_session), "ort_threads": int(threads),
+            "ort_version": ort.__version__, "ort_provider": "CPUExecutionProvider", "ort_repeats": int(repeats),
+            "ort_sessions_ms": [round(v, 4) for v in per_session],
             "ort_input": "real images" if inputs is not None else "seeded standard normal", **extra}
 
 
