@@ -124,7 +124,7 @@ def test_search_trials_train_with_the_study_resume_folder(tmp_path, monkeypatch)
 
     monkeypatch.chdir(tmp_path)
     t, seen = Table(ROWS), []
-    monkeypatch.setattr("nas.study.genotype_cost", t.cost)
+    monkeypatch.setattr("nas.budgets.genotype_cost", t.cost)
 
     def train(g, cfg, data, on_epoch=None):
         seen.append(cfg.resume_dir)
