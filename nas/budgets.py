@@ -7,7 +7,6 @@ table (:mod:`nas.objectives`) says which are budgets and which are on the front.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +17,9 @@ from search_spaces import Genotype, create_model
 __all__ = ["CostCheck", "check_costs", "needs_latency", "ort_latency", "trained_costs"]
 
 
-def needs_latency(s: SearchSettings, objectives: Sequence[str]) -> bool:
-    """Whether the study measures ONNX Runtime latency (a budget or an objective names it)."""
-    return s.budgets.get("ort_latency_ms") is not None or "ort_latency_ms" in objectives
+def needs_latency(s: SearchSettings) -> bool:
+    """Whether the study measures ONNX Runtime latency (a budget or a front objective names it)."""
+    return s.budgets.get("ort_latency_ms") is not None or "ort_latency_ms" in s.front_objectives
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def ort_latency(g: Genotype, input_size: tuple[int, int], threads: int, inputs: 
     return float(res["ort_latency_ms"])
 
 
-def check_costs(g: Genotype, s: SearchSettings, objectives: Sequence[str], timing_inputs: Any = None) -> CostCheck:
+def check_costs(g: Genotype, s: SearchSettings, timing_inputs: Any = None) -> CostCheck:
     """Count ``g``'s parameters and conv MACs (shapes only: milliseconds) and check them against
     ``s.budgets``; measure its ONNX Runtime latency (an export: seconds; on ``timing_inputs``, real
     images at ``s.cost_input_size``, when given) when an ``ort_latency_ms`` budget or objective needs
@@ -71,7 +70,7 @@ def check_costs(g: Genotype, s: SearchSettings, objectives: Sequence[str], timin
     costs: dict[str, float] = {"params": cost.params, "conv_macs": cost.conv_macs}
     constraints = {k: float(v - s.budgets[k]) for k, v in costs.items() if s.budgets.get(k) is not None}
     ort_limit = s.budgets.get("ort_latency_ms")
-    if needs_latency(s, objectives) and all(v <= 0 for v in constraints.values()):
+    if needs_latency(s) and all(v <= 0 for v in constraints.values()):
         costs["ort_latency_ms"] = ort_latency(g, s.cost_input_size, s.latency_threads, timing_inputs)
     if ort_limit is not None:
         constraints["ort_latency_ms"] = costs["ort_latency_ms"] - ort_limit if "ort_latency_ms" in costs else 1.0

@@ -459,6 +459,11 @@ class SearchSettings:
             raise ValueError(f"study.time_budget_s={self.time_budget_s!r}; allowed: seconds > 0 or null")
         self.rungs = tuple(self.rungs)
 
+    @property
+    def front_objectives(self) -> tuple[str, ...]:
+        """The objectives of the study's front: ``objectives`` (a constrained study: the default ones)."""
+        return self.objectives if self.mode == "pareto" else DEFAULT_OBJECTIVES
+
 
 @dataclass
 class FidelitySettings:

@@ -223,6 +223,11 @@ _PANELS = (("params", "parameters"), ("conv_macs", "conv MACs (papers' FLOPs)"))
 _LATENCY_PANEL = ("ort_latency_ms", "ONNX Runtime CPU latency (ms)")
 
 
+def _with(points: Sequence[FrontPoint], key: str) -> list[FrontPoint]:
+    """The points with a value for ``key`` (a latency panel skips points whose latency was not measured)."""
+    return [p for p in points if getattr(p, key) is not None]
+
+
 def plot_fronts(fronts: Mapping[str, Sequence[FrontPoint]], png_path: str | Path,
                 html_path: str | Path, *, references: Sequence[FrontPoint] = (),
                 all_points: Mapping[str, Sequence[FrontPoint]] | None = None,
@@ -258,13 +263,11 @@ def plot_fronts(fronts: Mapping[str, Sequence[FrontPoint]], png_path: str | Path
     fig = Figure(figsize=(6 * len(panels), 4.8))
     axes = fig.subplots(1, len(panels), sharey=True)
     pfig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, subplot_titles=[t for _, t in panels])
-    full = (fronts, all_points, refs)
     for col, (ax, (key, xlabel)) in enumerate(zip(axes, panels), start=1):
-        if key == _LATENCY_PANEL[0]:  # only the points with a measured latency
-            fronts, all_points = ({k: [p for p in v if p.ort_latency_ms is not None] for k, v in d.items()}
-                                  for d in full[:2])
-            refs = [p for p in full[2] if p.ort_latency_ms is not None]
-        for n, pts in all_points.items():
+        fronts_k = {k: _with(v, key) for k, v in fronts.items()}  # the points this panel can place
+        all_k = {k: _with(v, key) for k, v in all_points.items()}
+        refs_k = _with(refs, key)
+        for n, pts in all_k.items():
             if pts:
                 ax.scatter([getattr(p, key) for p in pts], [p.miou for p in pts], s=10,
                            color=colour[n], alpha=0.3, linewidths=0)
@@ -273,7 +276,7 @@ def plot_fronts(fronts: Mapping[str, Sequence[FrontPoint]], png_path: str | Path
                     name=f"{n} (all)", legendgroup=f"{n} (all)", showlegend=col == 1,
                     marker=dict(size=5, color=colour[n], opacity=0.25),
                     hovertext=[_hover(p, n) for p in pts], hoverinfo="text"), row=1, col=col)
-        for n, pts in fronts.items():
+        for n, pts in fronts_k.items():
             if not pts:
                 continue
             xs, ys = _step_xy(pts, key)
@@ -297,24 +300,23 @@ def plot_fronts(fronts: Mapping[str, Sequence[FrontPoint]], png_path: str | Path
                 error_y=dict(type="data", array=[p.miou_std or 0.0 for p in pts],
                              visible=any(p.miou_std is not None for p in pts)),
                 hovertext=[_hover(p, n) for p in pts], hoverinfo="text"), row=1, col=col)
-        for p in refs:
+        for p in refs_k:
             ax.scatter([getattr(p, key)], [p.miou], marker="*", s=260, color="gold",
                        edgecolors="k", linewidths=0.8, zorder=4)
             ax.annotate(p.label, (getattr(p, key), p.miou), xytext=(6, 6),
                         textcoords="offset points", fontsize=9, weight="bold")
-        if refs:
+        if refs_k:
             pfig.add_trace(go.Scatter(
-                x=[getattr(p, key) for p in refs], y=[p.miou for p in refs], mode="markers+text",
+                x=[getattr(p, key) for p in refs_k], y=[p.miou for p in refs_k], mode="markers+text",
                 name="references", legendgroup="references", showlegend=col == 1,
-                text=[p.label for p in refs], textposition="top right",
+                text=[p.label for p in refs_k], textposition="top right",
                 marker=dict(symbol="star", size=18, color="gold", line=dict(width=1, color="black")),
-                hovertext=[_hover(p) for p in refs], hoverinfo="text"), row=1, col=col)
+                hovertext=[_hover(p) for p in refs_k], hoverinfo="text"), row=1, col=col)
         ax.set_xscale("log")
         ax.margins(x=0.12, y=0.08)                   # room for the reference labels
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", alpha=0.3)
         pfig.update_xaxes(type="log", title_text=xlabel, row=1, col=col)
-    fronts, all_points, refs = full
     axes[0].set_ylabel("mIoU (x100)")
     pfig.update_yaxes(title_text="mIoU (x100)", row=1, col=1)
     if fronts:

@@ -60,7 +60,7 @@ from nas.storage import (
     slot_lock,
     tell_failed,
 )
-from nas.study_results import front_objectives, write_study_results
+from nas.study_results import write_study_results
 from nas.tracking import (
     FINISHED,
     KILLED,
@@ -115,7 +115,7 @@ def worker_params(s: SearchSettings, space_name: str, ladder: Any) -> dict[str, 
     """The MLflow parameters of a worker's parent run: settings, budgets and the first rung's fidelity."""
     return {"mode": s.mode, "scheduler": s.scheduler, "n_trials": s.n_trials, "storage": redact(s.storage),
             "space": space_name, "rungs": ",".join(ladder.names[: ladder.n_sched]), "eta": s.eta,
-            "objectives": ",".join(front_objectives(s)), "confirm_seeds": s.confirm_seeds,
+            "objectives": ",".join(s.front_objectives), "confirm_seeds": s.confirm_seeds,
             **{f"budget.{k}": v for k, v in s.budgets.items()},
             **{f"fidelity.{k}": v for k, v in ladder.cfgs[0].fidelity().items()}}
 
@@ -175,7 +175,7 @@ class StudyWorker:
         timing_inputs: Any = None,
     ):
         self.s, self.space, self.train_cfg, self.tracker, self.progress = settings, space, train_cfg, tracker, progress
-        self.objectives, self.timing_inputs = front_objectives(settings), timing_inputs
+        self.timing_inputs = timing_inputs
         self.study, self.storage, self.ledger = self._db(open_study, settings, sampler, pruner, what="opening")
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry)
         self.parent_run: str | None = None
@@ -306,7 +306,7 @@ class StudyWorker:
     def _evaluate(self, trial: optuna.Trial, run: TrainingRun) -> str:
         """Suggest, count, check budgets, train at rung 0; tell Optuna. Returns the timing bucket."""
         g = self.space.suggest(trial)
-        check = check_costs(g, self.s, self.objectives, self.timing_inputs)
+        check = check_costs(g, self.s, self.timing_inputs)
         for k, v in check.constraints.items():
             self._db(trial.set_constraint, k, v)
         attrs = {"archid": g.archid(), "family": g.family, "genotype": g.to_json(), **check.costs,
@@ -333,7 +333,7 @@ class StudyWorker:
         return "trained_s"
 
     def _values(self, miou: float, costs: dict[str, float]) -> float | list[float]:
-        return told_values(self.s.mode, self.objectives, miou, costs, self.s.reference_point)
+        return told_values(self.s.mode, self.s.front_objectives, miou, costs, self.s.reference_point)
 
     # -- the end -----------------------------------------------------------------------------------
     def finish(self, status: str = FINISHED) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas._atomic import atomic_write_text
 from nas.config import SearchSettings
-from nas.objectives import objective_names
 from nas.points import candidates, study_front
 from nas.report import FrontPoint
 from nas.rungs import RungLadder
@@ -29,11 +28,6 @@ from nas.tracking import FINISHED, Tracker
 from search_spaces import Genotype, genotype_from_dict
 
 __all__ = ["export_front", "point_json", "study_summary", "write_study_results"]
-
-
-def front_objectives(s: SearchSettings) -> tuple[str, ...]:
-    """The objectives of the study's front: ``study.objectives`` (a constrained study: the default ones)."""
-    return tuple(objective_names("pareto", s.objectives if s.mode == "pareto" else None))
 
 
 def write_study_results(s: SearchSettings, study: optuna.Study, ledger: optuna.Study, ladder: RungLadder, *,
@@ -49,7 +43,7 @@ def write_study_results(s: SearchSettings, study: optuna.Study, ledger: optuna.S
 
     trials = study.get_trials(deepcopy=False)
     led = ledger.get_trials(deepcopy=False)
-    objectives = front_objectives(s)
+    objectives = s.front_objectives
     everything, front = study_front(trials, led, ladder.names, ladder.n_sched, ladder.seed, ladder.confirm_index,
                                     objectives)
     ref = s.reference_point
@@ -111,7 +105,7 @@ def study_summary(s: SearchSettings, trials: Sequence[FrozenTrial], led: Sequenc
     front (:func:`point_json`), its hypervolume and reference, why it stopped, timing (s) and fidelity."""
     c = count_slots(trials)
     seed = ladder.seed
-    cands = candidates(trials, led, seed, front_objectives(s))
+    cands = candidates(trials, led, seed, s.front_objectives)
     per_rung = {n: sum(1 for cd in cands.values() if (k, seed) in cd.results)
                 for k, n in enumerate(ladder.names[: ladder.n_sched])}
     return {
@@ -129,12 +123,12 @@ def study_summary(s: SearchSettings, trials: Sequence[FrozenTrial], led: Sequenc
         "n_confirmations": sum(1 for t in led if t.state == TrialState.COMPLETE and t.user_attrs.get("kind")
                                == "confirm"),
         "n_ledger_failed": sum(1 for t in led if t.state == TrialState.FAIL),
-        "objectives": list(front_objectives(s)),
+        "objectives": list(s.front_objectives),
         "pareto": [point_json(p) for p in front],
         "budgets": dict(s.budgets),
         "confirmed": any(p.seeds for p in front),
         "hypervolume": hv,
-        "reference_point": {n: s.reference_point[n] for n in front_objectives(s)},
+        "reference_point": {n: s.reference_point[n] for n in s.front_objectives},
         "stopped": stopped,
         "infeasible_time_fraction": timing.get("infeasible_s", 0.0) / max(timing.get("wall_s", 0.0), 1e-9),
         "timing_s": {k: round(v, 2) for k, v in timing.items()},

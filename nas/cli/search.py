@@ -17,7 +17,6 @@ def build_worker(cfg: DictConfig):
     from nas.config import study_settings_from, train_settings_from
     from nas.datasets import data_source
     from nas.study import StudyWorker, check_storage
-    from nas.study_results import front_objectives
     from nas.tracking import Tracker
     from nas.train import load_data
 
@@ -40,7 +39,7 @@ def build_worker(cfg: DictConfig):
 
     data = load(tcfg) if s.scheduler == "none" else None
     timing = None
-    if needs_latency(s, front_objectives(s)):  # latency is timed on real training images, not zeros
+    if needs_latency(s):  # latency is timed on real training images, not zeros
         from nas.export import real_check_images
         from nas.preprocess import OURS
 
